@@ -1,0 +1,253 @@
+//! The configuration: schema, `${VAR}` expansion, units, validation, positioned errors.
+//!
+//! [`load`] turns a file into a [`Config`] that is ready to serve: every name resolved,
+//! every regex compiled, every header parsed. Nothing in a `Config` can fail later on the
+//! request path because of what the file said.
+
+mod error;
+mod expand;
+mod schema;
+mod units;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+pub use error::ConfigError;
+pub use expand::expand_env;
+pub use units::{parse_duration, parse_size};
+
+use crate::routing::{Matcher, Router};
+
+/// The default config path, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "conf/astron-edge.toml";
+
+/// Reads, expands and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::whole_file(path, format!("cannot read config file: {e}")))?;
+    parse(path, &text)
+}
+
+/// Validates config text; `path` names the file in errors and anchors relative TLS paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    validate::validate(path, text)
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub health_paths: Vec<String>,
+    pub access_log: AccessLogConfig,
+    pub metrics_listen: Option<SocketAddr>,
+    pub telemetry: TelemetryConfig,
+    pub gzip: GzipConfig,
+    pub cache: Option<CacheConfig>,
+    /// Added to every response: proxied, local and errors.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub auth: Vec<AuthConfig>,
+    /// In file order; `Router` indices point into this list.
+    pub routes: Vec<RouteConfig>,
+    pub router: Router,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// 0 = one per core.
+    pub threads: usize,
+    pub client_max_body_size: u64,
+    pub keepalive_timeout: Duration,
+    pub grace_period: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// nginx's `log_format main`.
+    Main,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub target: LogTarget,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    pub enabled: bool,
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub service_name: String,
+    pub sampling_ratio: f64,
+    pub metrics_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GzipConfig {
+    pub enabled: bool,
+    pub min_length: u64,
+    pub level: u32,
+    /// Media types without parameters, lower case; `text/html` is always included.
+    pub types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub max_size: u64,
+    pub max_object_size: u64,
+}
+
+/// One `host:port` of an upstream, resolved when requests come.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<ServerAddr>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub name: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub path: String,
+    pub timeout: Duration,
+    pub forward_headers: Vec<HeaderName>,
+    pub copy_headers: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: Matcher,
+    pub action: RouteAction,
+    pub add_response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    Proxy(ProxyRoute),
+    Return {
+        status: StatusCode,
+        body: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRoute {
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub upstream_path: Option<String>,
+    /// Index into `Config::auth`.
+    pub auth: Option<usize>,
+    pub sse: bool,
+    pub timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub cache: Option<CachePolicy>,
+    /// `None` removes the header.
+    pub set_request_headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    pub hide_response_headers: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePolicy {
+    Immutable,
+    NoStore,
+}
+
+impl Config {
+    /// A one-screen summary for `astron-edge check`: listeners, upstreams, routes in match order.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(out, "listen: {}", listen.join(", "));
+        if let Some(tls) = &self.server.tls {
+            let listen: Vec<String> = tls.listen.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(out, "listen (tls): {}", listen.join(", "));
+        }
+        if let Some(metrics) = self.metrics_listen {
+            let _ = writeln!(out, "metrics: http://{metrics}/metrics");
+        }
+        let _ = writeln!(out, "health: {}", self.health_paths.join(", "));
+        let _ = writeln!(out, "upstreams:");
+        for upstream in &self.upstreams {
+            let servers: Vec<String> = upstream.servers.iter().map(|s| s.to_string()).collect();
+            let _ = writeln!(out, "  {:<24} {}", upstream.name, servers.join(", "));
+        }
+        let _ = writeln!(out, "routes (match order):");
+        for index in self.router.match_order() {
+            let route = &self.routes[index];
+            let matcher = match &route.matcher {
+                Matcher::Exact(p) => format!("= {p}"),
+                Matcher::PriorityPrefix(p) => format!("^~ {p}"),
+                Matcher::Prefix(p) => p.clone(),
+                Matcher::Regex(r) => format!("~ {r}"),
+            };
+            let action = match &route.action {
+                RouteAction::Proxy(proxy) => {
+                    let mut action = format!("-> {}", self.upstreams[proxy.upstream].name);
+                    if let Some(path) = &proxy.upstream_path {
+                        action.push_str(&format!(" {path}"));
+                    }
+                    if let Some(auth) = proxy.auth {
+                        action.push_str(&format!(" auth={}", self.auth[auth].name));
+                    }
+                    if proxy.sse {
+                        action.push_str(" sse");
+                    }
+                    action
+                }
+                RouteAction::Return { status, .. } => format!("return {}", status.as_u16()),
+            };
+            let _ = writeln!(out, "  {:<40} {:<28} {action}", matcher, route.name);
+        }
+        out
+    }
+}

@@ -1,0 +1,76 @@
+//! The `astron-edge` command line (SPEC §1).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use astron_edge::config::{self, DEFAULT_CONFIG_PATH};
+use astron_edge::{healthcheck, server};
+
+#[derive(Parser)]
+#[command(
+    name = "astron-edge",
+    version,
+    about = "Edge proxy for the astron-agent stack"
+)]
+struct Cli {
+    /// Config file
+    #[arg(short = 'c', long = "config", env = "ASTRON_EDGE_CONFIG", global = true,
+          default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground (the default)
+    Run {
+        /// Take over the listening sockets of a running instance (sent SIGQUIT)
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate the config and print a summary, like `nginx -t`
+    Check,
+    /// GET the local health endpoint; exit 0 on 200, 1 otherwise (the container healthcheck)
+    Health {
+        /// URL to probe; default: the config's first listener and health path
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command.unwrap_or(Command::Run { upgrade: false }) {
+        Command::Run { upgrade } => server::run(&cli.config, upgrade),
+        Command::Check => server::check(&cli.config).map(|summary| print!("{summary}")),
+        Command::Health { url } => {
+            let url = match url {
+                Some(url) => Ok(url),
+                None => config::load(&cli.config)
+                    .map(|c| healthcheck::default_url(&c))
+                    .map_err(Into::into),
+            };
+            url.and_then(|url| healthcheck::probe(&url))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,87 @@
+//! What one request carries from phase to phase.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+use crate::config::{ProxyRoute, RouteConfig};
+use crate::state::Snapshot;
+use crate::upstream::Upstream;
+
+pub struct RequestCtx {
+    /// The config this request started with; kept to its end, whatever reloads happen.
+    pub snapshot: Arc<Snapshot>,
+    pub started: Instant,
+    /// Index into `snapshot.config.routes`, once matched.
+    pub route: Option<usize>,
+    /// What the request is: health probe, local answer or proxied.
+    pub kind: RequestKind,
+    /// The rewritten upstream URI when the route has `upstream_path`.
+    pub upstream_uri: Option<Uri>,
+    /// Headers decided by forward auth: `None` removes the header.
+    pub auth_headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    pub upstream: Option<Arc<Upstream>>,
+    pub upstream_addrs: Arc<Vec<SocketAddr>>,
+    pub start_slot: usize,
+    pub attempts: usize,
+    pub peer: Option<SocketAddr>,
+    /// Request body bytes seen so far, against `client_max_body_size`.
+    pub request_body_bytes: u64,
+    /// Status of an answer the proxy wrote itself (local, error).
+    pub local_status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Pending,
+    Health,
+    Local,
+    Proxied,
+}
+
+impl RequestCtx {
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        RequestCtx {
+            snapshot,
+            started: Instant::now(),
+            route: None,
+            kind: RequestKind::Pending,
+            upstream_uri: None,
+            auth_headers: Vec::new(),
+            upstream: None,
+            upstream_addrs: Arc::default(),
+            start_slot: 0,
+            attempts: 0,
+            peer: None,
+            request_body_bytes: 0,
+            local_status: None,
+        }
+    }
+
+    pub fn route(&self) -> Option<&RouteConfig> {
+        self.route.map(|i| &self.snapshot.config.routes[i])
+    }
+
+    /// The route's proxy settings, when it is a proxied route.
+    pub fn proxy_route(&self) -> Option<&ProxyRoute> {
+        match &self.route()?.action {
+            crate::config::RouteAction::Proxy(proxy) => Some(proxy),
+            crate::config::RouteAction::Return { .. } => None,
+        }
+    }
+
+    /// Route name for logs and metric labels: bounded whatever the client sends.
+    pub fn route_label(&self) -> &str {
+        match (self.kind, self.route()) {
+            (RequestKind::Health, _) => "health",
+            (_, Some(route)) => &route.name,
+            (_, None) => "unmatched",
+        }
+    }
+
+    pub fn upstream_name(&self) -> &str {
+        self.upstream.as_ref().map_or("-", |u| u.name.as_str())
+    }
+}

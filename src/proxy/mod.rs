@@ -1,0 +1,354 @@
+//! The Pingora `ProxyHttp` service: one method per request phase, each short, the work
+//! done by the modules they call.
+
+mod context;
+mod forward;
+mod respond;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, Method, StatusCode};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+pub use context::{RequestCtx, RequestKind};
+
+use crate::config::RouteAction;
+use crate::routing::normalize_path;
+use crate::state::SharedState;
+use crate::upstream::Upstream;
+use forward::{host_without_port, rewrite_uri, ClientIdentity};
+use respond::{add_configured_headers, error_status, local_response};
+
+/// Idle time after which a pooled upstream connection is closed; also how long the pools of
+/// an upstream removed by a reload take to drain.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+static X_ACCEL_BUFFERING: header::HeaderName = header::HeaderName::from_static("x-accel-buffering");
+
+pub struct EdgeProxy {
+    state: SharedState,
+}
+
+impl EdgeProxy {
+    pub fn new(state: SharedState) -> Self {
+        EdgeProxy { state }
+    }
+}
+
+/// What `request_filter` decided, computed while the request header is borrowed.
+enum Decision {
+    Health,
+    Reject(StatusCode, &'static str),
+    Return(usize),
+    Proxy,
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.state.load_full())
+    }
+
+    /// No built-in modules: gzip is decided per response by the proxy itself, and the
+    /// disabled compression module Pingora adds by default still inspects every response.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let keepalive = ctx.snapshot.config.server.keepalive_timeout.as_secs();
+        session.set_keepalive(Some(keepalive));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let decision = self.decide(session, ctx);
+        match decision {
+            Decision::Health => {
+                ctx.kind = RequestKind::Health;
+                let method = &session.req_header().method;
+                if method == Method::GET || method == Method::HEAD {
+                    local_response(session, ctx, StatusCode::OK, Some("OK\n")).await?;
+                } else {
+                    local_response(session, ctx, StatusCode::METHOD_NOT_ALLOWED, None).await?;
+                }
+                Ok(true)
+            }
+            Decision::Reject(status, why) => {
+                ctx.kind = RequestKind::Local;
+                tracing::debug!(
+                    route = ctx.route_label(),
+                    status = status.as_u16(),
+                    "rejected: {why}"
+                );
+                local_response(session, ctx, status, None).await?;
+                Ok(true)
+            }
+            Decision::Return(index) => {
+                ctx.kind = RequestKind::Local;
+                let snapshot = ctx.snapshot.clone();
+                if let RouteAction::Return { status, body } = &snapshot.config.routes[index].action
+                {
+                    local_response(session, ctx, *status, body.as_deref()).await?;
+                }
+                Ok(true)
+            }
+            Decision::Proxy => {
+                ctx.kind = RequestKind::Proxied;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.request_body_bytes += chunk.len() as u64;
+            if ctx.request_body_bytes > ctx.snapshot.config.server.client_max_body_size {
+                // Failing here aborts the upstream request before its last chunk is sent.
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over client_max_body_size",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let upstream = ctx.upstream.clone().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "proxied request without upstream")
+        })?;
+        if ctx.attempts == 0 {
+            ctx.upstream_addrs = upstream.addresses().await.map_err(|e| {
+                let mut err = Error::because(ErrorType::ConnectNoRoute, "resolving upstream", e);
+                err.esource = ErrorSource::Upstream;
+                err
+            })?;
+            ctx.start_slot = upstream.start_slot();
+        }
+        let addr = Upstream::pick(&ctx.upstream_addrs, ctx.start_slot, ctx.attempts)
+            .ok_or_else(|| Error::new_up(ErrorType::ConnectNoRoute))?;
+        ctx.attempts += 1;
+        ctx.peer = Some(addr);
+
+        let route = ctx.proxy_route();
+        let connect_timeout = route
+            .and_then(|r| r.connect_timeout)
+            .unwrap_or(upstream.connect_timeout);
+        let timeout = route.and_then(|r| r.timeout).unwrap_or(upstream.timeout);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(connect_timeout);
+        peer.options.total_connection_timeout = Some(connect_timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(upstream) = &ctx.upstream {
+            upstream.mark_stale();
+        }
+        // nginx's proxy_next_upstream error timeout: try every address once.
+        let connect_failure = matches!(
+            e.etype(),
+            ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::ConnectTimedout
+        );
+        if connect_failure && ctx.attempts < ctx.upstream_addrs.len() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = session.req_header();
+        ClientIdentity::of(session).apply(client, upstream_request)?;
+        if let Some(host) = host_without_port(client) {
+            upstream_request.insert_header(header::HOST, host)?;
+        }
+        if let Some(uri) = ctx.upstream_uri.take() {
+            upstream_request.set_uri(uri);
+        }
+        let Some(route) = ctx.proxy_route() else {
+            return Ok(());
+        };
+        for (name, value) in &route.set_request_headers {
+            match value {
+                Some(value) => upstream_request.insert_header(name.clone(), value.clone())?,
+                None => {
+                    upstream_request.remove_header(name);
+                }
+            }
+        }
+        if route.auth.is_some() {
+            upstream_request.remove_header(&header::AUTHORIZATION);
+        }
+        for (name, value) in &ctx.auth_headers {
+            match value {
+                Some(value) => upstream_request.insert_header(name.clone(), value.clone())?,
+                None => {
+                    upstream_request.remove_header(name);
+                }
+            }
+        }
+        if route.sse {
+            upstream_request.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.proxy_route() {
+            for name in &route.hide_response_headers {
+                response.remove_header(name);
+            }
+            if route.sse {
+                response.insert_header(header::CACHE_CONTROL, "no-cache")?;
+                response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
+            }
+        }
+        add_configured_headers(response, ctx)
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true // fail_to_proxy logs one line with route and upstream
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = error_status(e);
+        let peer = ctx
+            .peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        if status >= 500 || e.esource() == &ErrorSource::Upstream {
+            tracing::error!(
+                route = ctx.route_label(),
+                upstream = ctx.upstream_name(),
+                peer,
+                status,
+                "{e}"
+            );
+        } else {
+            tracing::debug!(route = ctx.route_label(), status, "request failed: {e}");
+        }
+        let already_answered = session.response_written().is_some();
+        if status > 0 && !already_answered {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Err(write_error) = local_response(session, ctx, code, None).await {
+                tracing::debug!("could not send the error response: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+impl EdgeProxy {
+    /// Health probe, normalisation, route selection and the body-size check.
+    fn decide(&self, session: &Session, ctx: &mut RequestCtx) -> Decision {
+        let snapshot = ctx.snapshot.clone();
+        let config = &snapshot.config;
+        let req = session.req_header();
+        let raw_path = req.uri.path();
+        if config.health_paths.iter().any(|p| p == raw_path) {
+            return Decision::Health;
+        }
+        let normalized = match normalize_path(raw_path) {
+            Ok(path) => path,
+            Err(e) => {
+                return Decision::Reject(
+                    StatusCode::BAD_REQUEST,
+                    match e {
+                        crate::routing::NormalizeError::AboveRoot => "path climbs above /",
+                        _ => "malformed path",
+                    },
+                )
+            }
+        };
+        let Some(found) = config.router.find(&normalized) else {
+            return Decision::Reject(StatusCode::NOT_FOUND, "no route");
+        };
+        ctx.route = Some(found.index);
+        let route = match &config.routes[found.index].action {
+            RouteAction::Return { .. } => return Decision::Return(found.index),
+            RouteAction::Proxy(route) => route,
+        };
+        match content_length(req) {
+            Err(()) => return Decision::Reject(StatusCode::BAD_REQUEST, "bad Content-Length"),
+            Ok(Some(len)) if len > config.server.client_max_body_size => {
+                return Decision::Reject(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Content-Length over client_max_body_size",
+                )
+            }
+            Ok(_) => {}
+        }
+        if route.upstream_path.is_some() {
+            ctx.upstream_uri = rewrite_uri(route, &normalized, found.matched_len, req.uri.query());
+            if ctx.upstream_uri.is_none() {
+                return Decision::Reject(StatusCode::BAD_REQUEST, "path cannot be rewritten");
+            }
+        }
+        ctx.upstream = Some(snapshot.upstreams[route.upstream].clone());
+        Decision::Proxy
+    }
+}
+
+/// The declared body length; `Err` when the header is not a number.
+fn content_length(req: &RequestHeader) -> std::result::Result<Option<u64>, ()> {
+    match req.headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map(Some)
+            .ok_or(()),
+    }
+}

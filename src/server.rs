@@ -1,0 +1,112 @@
+//! Process start-up: builds the Pingora server, its listeners and background services.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::config;
+use crate::proxy::EdgeProxy;
+use crate::state::{self, SharedState, Snapshot};
+use crate::upstream::REFRESH_INTERVAL;
+
+/// How long pingora waits for the runtimes to stop after the grace period.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+
+/// Runs the proxy in the foreground until a signal stops it (never returns on success).
+pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
+    let config = config::load(config_path)?;
+    let threads = match config.server.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let server_conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        upgrade_sock: upgrade_socket_path(config_path),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let listen = config.server.listen.clone();
+    let state = state::shared(Snapshot::new(config, None));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy::new(state.clone()),
+        "astron-edge",
+    );
+    for addr in &listen {
+        // No L4 read buffer on plain HTTP: the request parser has its own, and the default
+        // 64 KiB per connection is most of what an idle SSE stream costs.
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings {
+                read: Some(0),
+                write: None,
+            }),
+        );
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "upstream dns refresh",
+        DnsRefresh { state },
+    ));
+
+    tracing::info!(listen = ?listen, threads, "astron-edge starting");
+    server.run_forever()
+}
+
+/// One upgrade socket per config file, so two proxies on one machine do not collide.
+fn upgrade_socket_path(config_path: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::fs::canonicalize(config_path)
+        .unwrap_or_else(|_| config_path.to_owned())
+        .hash(&mut hasher);
+    format!("/tmp/astron-edge-{:016x}.sock", hasher.finish())
+}
+
+/// Re-resolves the host names of the current upstreams, so a container that comes back
+/// with a new address is followed without a failed request first.
+struct DnsRefresh {
+    state: SharedState,
+}
+
+#[async_trait]
+impl BackgroundService for DnsRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let snapshot = self.state.load_full();
+            for upstream in snapshot.upstreams.iter().filter(|u| u.has_host_names()) {
+                let upstream = Arc::clone(upstream);
+                upstream.refresh().await;
+            }
+        }
+    }
+}
+
+/// Loads and validates like `nginx -t`: the summary on success.
+pub fn check(config_path: &Path) -> anyhow::Result<String> {
+    let config = config::load(config_path)?;
+    Ok(format!(
+        "{}{}: configuration is valid\n",
+        config.summary(),
+        config_path.display()
+    ))
+}
