@@ -29,6 +29,9 @@ use respond::{add_configured_headers, error_status, local_response};
 /// an upstream removed by a reload take to drain.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a rejected request body is read and dropped before the connection closes.
+const LINGERING_TIME: Duration = Duration::from_secs(5);
+
 static X_ACCEL_BUFFERING: header::HeaderName = header::HeaderName::from_static("x-accel-buffering");
 
 pub struct EdgeProxy {
@@ -92,6 +95,9 @@ impl ProxyHttp for EdgeProxy {
                     "rejected: {why}"
                 );
                 local_response(session, ctx, status, None).await?;
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    discard_request_body(session).await;
+                }
                 Ok(true)
             }
             Decision::Return(index) => {
@@ -338,6 +344,13 @@ impl EdgeProxy {
         ctx.upstream = Some(snapshot.upstreams[route.upstream].clone());
         Decision::Proxy
     }
+}
+
+/// After an early 413, reads and drops what the client is still sending (bounded in time),
+/// as nginx's lingering close does, so the client reads the answer instead of a reset.
+async fn discard_request_body(session: &mut Session) {
+    session.set_keepalive(None);
+    let _ = tokio::time::timeout(LINGERING_TIME, session.drain_request_body()).await;
 }
 
 /// The declared body length; `Err` when the header is not a number.
