@@ -10,6 +10,8 @@
 #   DURATION=10       seconds of measured load per run
 #   WARMUP=2          seconds of unmeasured load before every measured run (0 = none)
 #   CONNECTIONS=64    wrk connections (wrk runs with -t1)
+#   ORDER=ab          ab: every round runs nginx then astron-edge (A B A B ...);
+#                     abba: even rounds run astron-edge first (cancels order effects)
 #   EDGE_BIN=target/release/astron-edge   (relative paths are taken from the repo root;
 #                     built with `cargo build --release` when missing)
 #   PROXY_CPU=0       CPU the proxy under test is pinned to
@@ -30,6 +32,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
+ORDER=${ORDER:-ab}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 EDGE_BIN=${EDGE_BIN:-target/release/astron-edge}
@@ -319,7 +322,8 @@ start_backend() {
     BACKEND_PORT=$(free_port)
     make_payloads
     mkdir -p "$TMP/backend"
-    render "$BENCH_DIR/nginx/backend.conf.tmpl" "$TMP/backend/nginx.conf" DIR="$TMP" BACKEND_PORT="$BACKEND_PORT"
+    render "$BENCH_DIR/nginx/backend.conf.tmpl" "$TMP/backend/nginx.conf" DIR="$TMP" BACKEND_PORT="$BACKEND_PORT" \
+        SMALL_BODY="$(<"$TMP/www/small.txt")"
     start_nginx backend "$TMP/backend/nginx.conf" "$LOAD_CPU"
     BACKEND_PID=$REPLY_PID
     wait_http "http://127.0.0.1:$BACKEND_PORT/backend-health" \
@@ -524,8 +528,13 @@ run_ab() {
     echo "== scenario $scen: GET $path, wrk -t1 -c$CONNECTIONS -d${DURATION}s $*, $ROUNDS rounds"
     printf '  %-6s %-9s %10s %10s %10s %8s %9s %7s %7s %7s %8s\n' round proxy "req/s" p50 p99 "cpu_s" "cpu/10k" "cpu%" "core%" errors "other%"
     for ((round = 1; round <= ROUNDS; round++)); do
-        measure "$scen" "$round" "$SLOT_A_NAME" "$path" "$@"
-        measure "$scen" "$round" "$SLOT_B_NAME" "$path" "$@"
+        if [[ $ORDER == abba ]] && ((round % 2 == 0)); then
+            measure "$scen" "$round" "$SLOT_B_NAME" "$path" "$@"
+            measure "$scen" "$round" "$SLOT_A_NAME" "$path" "$@"
+        else
+            measure "$scen" "$round" "$SLOT_A_NAME" "$path" "$@"
+            measure "$scen" "$round" "$SLOT_B_NAME" "$path" "$@"
+        fi
         print_round "$scen" "$round"
     done
     summarize "$scen"
@@ -591,6 +600,7 @@ main() {
         die "need CPUs $PROXY_CPU and $LOAD_CPU for pinning (have $ncpu); set PROXY_CPU/LOAD_CPU"
     fi
     ((ROUNDS >= 1 && DURATION >= 1)) || die "ROUNDS and DURATION must be >= 1"
+    [[ $ORDER == ab || $ORDER == abba ]] || die "ORDER must be ab or abba"
 
     # Raise the open-file limit as far as allowed.
     ulimit -n 65535 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -604,7 +614,7 @@ main() {
     : >"$RESULTS"
     : >"$RESULTS.summary"
 
-    log "rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU nofile=$(ulimit -n)"
+    log "rounds=$ROUNDS order=$ORDER duration=${DURATION}s warmup=${WARMUP}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU nofile=$(ulimit -n)"
     [[ $SELF_TEST == 1 ]] && log "SELF-TEST: nginx runs in both slots; expect ratios ≈ 1.0" \
                           || log "astron-edge: $EDGE_BIN"
 

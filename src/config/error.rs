@@ -27,7 +27,7 @@ impl ConfigError {
         ConfigError {
             file: file.to_owned(),
             position: Some(line_col(source, span.start)),
-            message: message.into(),
+            message: one_line(&message.into()),
         }
     }
 
@@ -53,6 +53,17 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Errors are one line each (log scrapers and `check` users rely on it): the multi-line
+/// messages of the TOML and regex parsers are folded.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(source: &str, offset: usize) -> (usize, usize) {

@@ -94,6 +94,9 @@ impl ProxyHttp for EdgeProxy {
                     status = status.as_u16(),
                     "rejected: {why}"
                 );
+                if status == StatusCode::BAD_REQUEST {
+                    session.set_keepalive(None); // as nginx: a malformed request ends the connection
+                }
                 local_response(session, ctx, status, None).await?;
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
                     discard_request_body(session).await;
@@ -317,6 +320,11 @@ impl EdgeProxy {
                 )
             }
         };
+        // The request parser re-escapes raw control bytes of the request line (`\x01` → `%01`),
+        // so they are caught here, decoded: no control character reaches routing or upstreams.
+        if normalized.bytes().any(|b| b.is_ascii_control()) {
+            return Decision::Reject(StatusCode::BAD_REQUEST, "control character in the path");
+        }
         let Some(found) = config.router.find(&normalized) else {
             return Decision::Reject(StatusCode::NOT_FOUND, "no route");
         };
