@@ -3,10 +3,16 @@
 //! The binary (`main.rs`) is only the command line; everything else is here so the
 //! integration tests and benchmarks can reach it.
 
+pub mod auth;
+pub mod cache;
+pub mod compress;
 pub mod config;
 pub mod healthcheck;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shutdown;
 pub mod state;
+pub mod tls;
 pub mod upstream;

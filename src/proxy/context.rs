@@ -31,6 +31,12 @@ pub struct RequestCtx {
     pub request_body_bytes: u64,
     /// Status of an answer the proxy wrote itself (local, error).
     pub local_status: Option<u16>,
+    /// Counts the request as running until the context drops, for the SIGTERM drain.
+    _in_flight: crate::shutdown::InFlight,
+    /// The gzip encoder of a response being compressed.
+    pub gzip: Option<Box<crate::compress::GzipStream>>,
+    /// A missed asset-cache lookup: the response may be captured and stored.
+    pub asset: Option<Box<crate::cache::Capture>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +63,9 @@ impl RequestCtx {
             peer: None,
             request_body_bytes: 0,
             local_status: None,
+            _in_flight: crate::shutdown::InFlight::enter(),
+            gzip: None,
+            asset: None,
         }
     }
 

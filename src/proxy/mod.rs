@@ -17,13 +17,18 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 pub use context::{RequestCtx, RequestKind};
+pub(crate) use forward::host_without_port;
+pub use forward::ClientIdentity;
+pub(crate) use respond::add_configured_headers;
 
+use crate::auth::{AuthClient, AuthOutcome};
+use crate::cache::{AssetCache, Entry, Lookup};
 use crate::config::RouteAction;
 use crate::routing::normalize_path;
 use crate::state::SharedState;
 use crate::upstream::Upstream;
-use forward::{host_without_port, rewrite_uri, ClientIdentity};
-use respond::{add_configured_headers, error_status, local_response};
+use forward::rewrite_uri;
+use respond::{error_status, local_response, relay_denial};
 
 /// Idle time after which a pooled upstream connection is closed; also how long the pools of
 /// an upstream removed by a reload take to drain.
@@ -36,11 +41,18 @@ static X_ACCEL_BUFFERING: header::HeaderName = header::HeaderName::from_static("
 
 pub struct EdgeProxy {
     state: SharedState,
+    auth: AuthClient,
+    /// The in-memory asset cache of `[cache]`: one per process, kept across reloads.
+    assets: AssetCache,
 }
 
 impl EdgeProxy {
     pub fn new(state: SharedState) -> Self {
-        EdgeProxy { state }
+        EdgeProxy {
+            state,
+            auth: AuthClient::default(),
+            assets: AssetCache::default(),
+        }
     }
 }
 
@@ -49,6 +61,7 @@ enum Decision {
     Health,
     Reject(StatusCode, &'static str),
     Return(usize),
+    CacheHit(std::sync::Arc<Entry>),
     Proxy,
 }
 
@@ -112,9 +125,14 @@ impl ProxyHttp for EdgeProxy {
                 }
                 Ok(true)
             }
+            Decision::CacheHit(entry) => {
+                ctx.kind = RequestKind::Local;
+                crate::cache::serve_hit(session, ctx, &entry).await?;
+                Ok(true)
+            }
             Decision::Proxy => {
                 ctx.kind = RequestKind::Proxied;
-                Ok(false)
+                self.forward_auth(session, ctx).await
             }
         }
     }
@@ -242,7 +260,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -255,7 +273,23 @@ impl ProxyHttp for EdgeProxy {
                 response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
             }
         }
+        // The asset cache captures the upstream's own header, so it goes before the rest.
+        crate::cache::response_filter(session.req_header(), response, ctx)?;
+        crate::compress::response_filter(session.req_header(), response, ctx)?;
         add_configured_headers(response, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // The cache keeps the identity body: capture before compressing.
+        crate::cache::body_filter(body, end_of_stream, ctx);
+        crate::compress::body_filter(body, end_of_stream, ctx)?;
+        Ok(None)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
@@ -299,6 +333,41 @@ impl ProxyHttp for EdgeProxy {
 }
 
 impl EdgeProxy {
+    /// Runs the route's forward auth, if any; `Ok(true)` when the client has been answered.
+    async fn forward_auth(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = ctx.snapshot.clone();
+        let Some(auth_index) = ctx.proxy_route().and_then(|r| r.auth) else {
+            return Ok(false);
+        };
+        let auth = &snapshot.config.auth[auth_index];
+        let upstream = &snapshot.upstreams[auth.upstream];
+        let identity = ClientIdentity::of(session);
+        let outcome = self
+            .auth
+            .check(auth, upstream, session.req_header(), &identity, &[])
+            .await;
+        match outcome {
+            AuthOutcome::Allow(headers) => {
+                ctx.auth_headers = headers;
+                Ok(false)
+            }
+            AuthOutcome::Deny(denial) => {
+                relay_denial(session, ctx, denial).await?;
+                Ok(true)
+            }
+            AuthOutcome::Error(why) => {
+                tracing::error!(
+                    route = ctx.route_label(),
+                    auth = %auth.name,
+                    upstream = %upstream.name,
+                    "forward auth failed: {why}"
+                );
+                local_response(session, ctx, StatusCode::INTERNAL_SERVER_ERROR, None).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// Health probe, normalisation, route selection and the body-size check.
     fn decide(&self, session: &Session, ctx: &mut RequestCtx) -> Decision {
         let snapshot = ctx.snapshot.clone();
@@ -348,6 +417,11 @@ impl EdgeProxy {
             if ctx.upstream_uri.is_none() {
                 return Decision::Reject(StatusCode::BAD_REQUEST, "path cannot be rewritten");
             }
+        }
+        match self.assets.lookup(config.cache, route, req, &normalized) {
+            Lookup::Bypass => {}
+            Lookup::Hit(entry) => return Decision::CacheHit(entry),
+            Lookup::Miss(capture) => ctx.asset = Some(capture),
         }
         ctx.upstream = Some(snapshot.upstreams[route.upstream].clone());
         Decision::Proxy

@@ -11,6 +11,7 @@ use pingora::proxy::Session;
 use pingora::{ErrorSource, ErrorType};
 
 use super::context::RequestCtx;
+use crate::auth::Denial;
 
 /// Writes a complete plain-text answer. `body = None` sends the status's reason phrase.
 pub async fn local_response(
@@ -38,6 +39,30 @@ pub async fn local_response(
         .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Relays a 401/403 of the auth service: its status, `WWW-Authenticate`, type and body.
+pub async fn relay_denial(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    denial: Denial,
+) -> Result<()> {
+    let status = StatusCode::from_u16(denial.status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    for (name, value) in denial.headers {
+        resp.insert_header(name, value)?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, denial.body.len())?;
+    add_configured_headers(&mut resp, ctx)?;
+    ctx.local_status = Some(status.as_u16());
+    let head_only = session.req_header().method == Method::HEAD || denial.body.is_empty();
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(denial.body), true).await?;
     }
     Ok(())
 }

@@ -71,6 +71,7 @@ pub fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
 pub struct Backend {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -104,11 +105,14 @@ impl Backend {
         let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let recorded = requests.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = handler.clone();
                 let recorded = recorded.clone();
                 tokio::spawn(async move {
@@ -141,12 +145,18 @@ impl Backend {
         Backend {
             addr,
             requests,
+            connections,
             task,
         }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().expect("lock").clone()
+    }
+
+    /// TCP connections accepted so far (to check keep-alive reuse).
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {
