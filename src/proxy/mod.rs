@@ -82,8 +82,12 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let keepalive = ctx.snapshot.config.server.keepalive_timeout.as_secs();
-        session.set_keepalive(Some(keepalive));
+        // While stopping, pingora has turned keep-alive off: keep it off, so the answer says
+        // `Connection: close` instead of inviting a request the stopping process won't read.
+        if !session.is_process_shutting_down() {
+            let keepalive = ctx.snapshot.config.server.keepalive_timeout.as_secs();
+            session.set_keepalive(Some(keepalive));
+        }
         Ok(())
     }
 
@@ -319,6 +323,17 @@ impl ProxyHttp for EdgeProxy {
             tracing::debug!(route = ctx.route_label(), status, "request failed: {e}");
         }
         let already_answered = session.response_written().is_some();
+        let idle_stream = already_answered
+            && ctx.proxy_route().is_some_and(|r| r.sse)
+            && matches!(e.etype(), ErrorType::ReadTimedout)
+            && e.esource() == &ErrorSource::Upstream;
+        if idle_stream {
+            // An SSE stream idle past the route timeout ends like a finished stream (the
+            // terminating chunk), so clients see a clean end rather than a cut connection.
+            if let Err(write_error) = session.as_downstream_mut().finish_body().await {
+                tracing::debug!("could not end the idle stream: {write_error}");
+            }
+        }
         if status > 0 && !already_answered {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             if let Err(write_error) = local_response(session, ctx, code, None).await {

@@ -1,0 +1,313 @@
+//! Server-Sent Events: every chunk forwarded at once, no gzip, the SSE headers, the route
+//! timeout between chunks, client disconnect reaching the upstream, streamed uploads.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::{channel_body, full, Backend, Proxy, Recorded};
+use hyper::Response;
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+fn event_stream(body: common::Body) -> Response<common::Body> {
+    Response::builder()
+        .status(200)
+        .header("Content-Type", "text/event-stream")
+        .body(body)
+        .expect("response")
+}
+
+/// `/events?n=N&every=MS`: N events MS apart, each stamped with its send time.
+/// `/gap?ms=MS`: one event, a pause of MS, a second event.
+/// `/forever`: an event every 100 ms until the client is gone (then `gone` is set).
+async fn sse_backend(gone: Arc<Mutex<Option<Instant>>>) -> Backend {
+    Backend::start(move |req: Recorded| {
+        let gone = gone.clone();
+        async move {
+            let query: std::collections::HashMap<String, u64> = req
+                .uri
+                .split_once('?')
+                .map(|(_, q)| q)
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+                .collect();
+            let (tx, body) = channel_body();
+            let path = req.uri.split('?').next().unwrap_or("").to_owned();
+            let is_upload = path == "/upload";
+            tokio::spawn(async move {
+                match path.as_str() {
+                    "/events" => {
+                        let every =
+                            Duration::from_millis(query.get("every").copied().unwrap_or(300));
+                        for seq in 0..query.get("n").copied().unwrap_or(5) {
+                            let event = format!("id: {seq}\ndata: {}\n\n", now_ms());
+                            if tx.send(Bytes::from(event)).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(every).await;
+                        }
+                    }
+                    "/gap" => {
+                        let _ = tx.send(Bytes::from("data: first\n\n")).await;
+                        tokio::time::sleep(Duration::from_millis(
+                            query.get("ms").copied().unwrap_or(0),
+                        ))
+                        .await;
+                        let _ = tx.send(Bytes::from("data: second\n\n")).await;
+                    }
+                    _ => loop {
+                        if tx.send(Bytes::from("data: tick\n\n")).await.is_err() {
+                            *gone.lock().expect("lock") = Some(Instant::now());
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    },
+                }
+            });
+            if is_upload {
+                return Response::builder()
+                    .status(200)
+                    .body(full(format!("{} bytes", req.body.len())))
+                    .expect("response");
+            }
+            event_stream(body)
+        }
+    })
+    .await
+}
+
+fn config(backend: &Backend) -> String {
+    format!(
+        r#"
+client_max_body_size = "20m"
+[access_log]
+path = "off"
+[gzip]
+enabled = true
+min_length = 1
+types = ["text/event-stream", "text/plain"]
+[upstreams.workflow]
+servers = ["{}"]
+[[routes]]
+name = "stream"
+prefix = "/"
+upstream = "workflow"
+sse = true
+timeout = "3s"
+"#,
+        backend.addr
+    )
+}
+
+struct Setup {
+    backend: Backend,
+    proxy: Proxy,
+    gone: Arc<Mutex<Option<Instant>>>,
+}
+
+async fn setup() -> Setup {
+    let gone = Arc::new(Mutex::new(None));
+    let backend = sse_backend(gone.clone()).await;
+    let proxy = Proxy::start(&config(&backend));
+    Setup {
+        backend,
+        proxy,
+        gone,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_arrives_alone_and_at_once() {
+    let s = setup().await;
+    let mut resp = common::client()
+        .get(s.proxy.url("/events?n=5&every=300"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    assert!(
+        resp.headers().get("content-encoding").is_none(),
+        "an SSE stream was compressed"
+    );
+    let mut events = 0;
+    while let Some(chunk) = resp.chunk().await.expect("chunk") {
+        let arrived = now_ms();
+        let text = String::from_utf8(chunk.to_vec()).expect("utf-8 event");
+        assert_eq!(
+            text.matches("data: ").count(),
+            1,
+            "events batched together: {text:?}"
+        );
+        let sent: u128 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .and_then(|v| v.parse().ok())
+            .expect("stamp");
+        let delay = arrived.saturating_sub(sent);
+        assert!(delay <= 50, "event {events} took {delay} ms");
+        events += 1;
+    }
+    assert_eq!(events, 5);
+    let upstream = s.backend.last();
+    assert_eq!(upstream.header("x-accel-buffering"), Some("no"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gap_shorter_than_the_timeout_survives() {
+    let s = setup().await;
+    let resp = common::client()
+        .get(s.proxy.url("/gap?ms=1000"))
+        .send()
+        .await
+        .expect("request");
+    let body = resp.text().await.expect("complete stream");
+    assert_eq!(body, "data: first\n\ndata: second\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gap_longer_than_the_timeout_ends_the_stream() {
+    let s = setup().await;
+    let started = Instant::now();
+    let mut resp = common::client()
+        .get(s.proxy.url("/gap?ms=4000"))
+        .send()
+        .await
+        .expect("request");
+    let first = resp.chunk().await.expect("first chunk").expect("an event");
+    assert_eq!(first.as_ref(), b"data: first\n\n");
+    let mut rest = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(6), resp.chunk()).await {
+            Ok(Ok(Some(chunk))) => rest.extend_from_slice(&chunk),
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => panic!("the idle stream was cut instead of ended: {e}"),
+            Err(_) => panic!("the stream hung past the route timeout"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(rest.is_empty(), "the late event came through: {rest:?}");
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(3900),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_going_away_closes_the_upstream_at_once() {
+    let s = setup().await;
+    let mut resp = common::client()
+        .get(s.proxy.url("/forever"))
+        .send()
+        .await
+        .expect("request");
+    for _ in 0..2 {
+        resp.chunk().await.expect("chunk").expect("an event");
+    }
+    let closed = Instant::now();
+    drop(resp);
+    let gone = common::wait_until(Duration::from_secs(3), || {
+        s.gone.lock().expect("lock").is_some()
+    })
+    .await;
+    assert!(gone, "the upstream never saw the client leave");
+    let after = s
+        .gone
+        .lock()
+        .expect("lock")
+        .map(|t| t.duration_since(closed))
+        .unwrap_or_default();
+    assert!(
+        after < Duration::from_secs(1),
+        "the upstream saw EOF after {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_chunked_upload_arrives_intact() {
+    let s = setup().await;
+    let payload: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = payload
+        .chunks(64 * 1024)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let resp = common::client()
+        .post(s.proxy.url("/upload"))
+        .body(body)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.expect("body"),
+        format!("{} bytes", payload.len())
+    );
+    let seen = s.backend.last();
+    assert_eq!(seen.header("transfer-encoding"), Some("chunked"));
+    assert!(
+        seen.body.as_ref() == payload.as_slice(),
+        "the body changed on the way"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw upstream: one event of a chunked SSE response, then the connection drops.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(b"d\r\ndata: first\n\n\r\n").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(stream);
+        }
+    });
+    let proxy = Proxy::start(&format!(
+        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
+         [[routes]]\nname = \"dying\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\ntimeout = \"30s\"\n"
+    ));
+    let mut resp = common::client()
+        .get(proxy.url("/x"))
+        .send()
+        .await
+        .expect("request");
+    let first = resp.chunk().await.expect("first").expect("an event");
+    assert_eq!(first.as_ref(), b"data: first\n\n");
+    let end = tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await;
+    assert!(
+        end.is_ok(),
+        "the client stream hung after the upstream died"
+    );
+    let logged = common::wait_until(Duration::from_secs(2), || {
+        proxy
+            .stderr()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("dying") && l.contains("workflow"))
+    })
+    .await;
+    assert!(
+        logged,
+        "no error line with route and upstream: {}",
+        proxy.stderr()
+    );
+}
