@@ -5,8 +5,8 @@
 #
 #   EDGE_BIN=bench/edge-shim.sh bench/run.sh small
 #
-# `check -c FILE` parses the TOML (python3 tomllib) and checks the keys the
-# bench templates use; `run -c FILE` execs an nginx (1 worker, same proxy
+# `check -c FILE` parses the TOML (python3 tomllib) and checks the settings
+# every bench config must have (threads = 1, access log off, no metrics); `run -c FILE` execs an nginx (1 worker, same proxy
 # settings as the reference) listening where [server] listen says and proxying
 # to [upstreams.backend] servers[0]. Only for the bench's simple configs.
 set -euo pipefail
@@ -19,11 +19,7 @@ read_conf() {
     python3 - "$conf" <<'PY'
 import sys, tomllib
 c = tomllib.load(open(sys.argv[1], "rb"))
-allowed = {"server", "access_log", "telemetry", "gzip", "upstreams", "routes",
-           "health", "metrics", "response_headers", "auth"}
-unknown = set(c) - allowed
-if unknown:
-    sys.exit(f"{sys.argv[1]}:1:1: unknown key(s) {sorted(unknown)}")
+# (unknown keys are the real binary's business: `astron-edge check` rejects them)
 listen = c["server"]["listen"][0]
 backend = c["upstreams"]["backend"]["servers"][0]
 assert c["server"].get("threads") == 1, "threads must be 1 for the bench"
@@ -40,8 +36,9 @@ case $cmd in
         ;;
     run)
         read -r listen backend < <(read_conf)
-        dir=$(mktemp -d "${TMPDIR:-/tmp}/edge-shim.XXXXXX")
-        chmod 755 "$dir"
+        # next to the config, so whoever owns the config's directory (the
+        # harness's temp dir) cleans it up
+        dir="$(cd "$(dirname "$conf")" && pwd)/edge-shim"
         mkdir -p "$dir/tmp"
         cat >"$dir/nginx.conf" <<NGX
 worker_processes 1;

@@ -14,5 +14,6 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

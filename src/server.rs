@@ -12,21 +12,34 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::config;
 use crate::proxy::EdgeProxy;
+use crate::reload::{self, ConfigReloader};
+use crate::shutdown::Lifecycle;
 use crate::state::{self, SharedState, Snapshot};
+use crate::telemetry;
+use crate::tls::CertStore;
 use crate::upstream::REFRESH_INTERVAL;
 
 /// How long pingora waits for the runtimes to stop after the grace period.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
-/// Runs the proxy in the foreground until a signal stops it (never returns on success).
+/// Runs the proxy in the foreground until a signal stops it (see `shutdown`).
 pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
+    reload::catch_sighup_early()?;
     let config = config::load(config_path)?;
+    let baseline = reload::Baseline::of(config_path, &config);
+    // What the TLS listeners present; a reload swaps it in place (see `tls`).
+    let certs = match &config.server.tls {
+        Some(tls) => Some(CertStore::load(tls).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let threads = match config.server.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let server_conf = ServerConf {
         threads,
+        // Pingora's own drain, used after an upgrade hand-over (SIGQUIT) only: SIGTERM
+        // drains in `shutdown` and ends as soon as nothing runs.
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
         upgrade_sock: upgrade_socket_path(config_path),
@@ -40,7 +53,16 @@ pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
     server.bootstrap();
 
     let listen = config.server.listen.clone();
+    let metrics_listen = config.metrics_listen;
+    let tls_listen = config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| t.listen.clone())
+        .unwrap_or_default();
     let state = state::shared(Snapshot::new(config, None));
+    let lifecycle = Lifecycle::new(state.clone());
+    telemetry::init(&state)?;
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -57,14 +79,33 @@ pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
             }),
         );
     }
-    server.add_service(proxy);
+    if let Some(certs) = &certs {
+        // HTTPS keeps pingora's default L4 read buffer: TLS records are read through it.
+        for addr in &tls_listen {
+            proxy.add_listener(
+                ListenerConfig::tcp(addr.to_string()).tls(certs.listener_settings()?),
+            );
+        }
+    }
+    server.add_service(lifecycle.wrap(proxy));
+    server.add_service(background_service(
+        "config reload",
+        ConfigReloader::new(config_path, state.clone(), certs, baseline),
+    ));
     server.add_service(background_service(
         "upstream dns refresh",
         DnsRefresh { state },
     ));
+    if let Some(addr) = metrics_listen {
+        // Its own service and socket: not the public port, and not drained with it.
+        server.add_service(telemetry::metrics::service(addr));
+    }
 
-    tracing::info!(listen = ?listen, threads, "astron-edge starting");
-    server.run_forever()
+    tracing::info!(listen = ?listen, tls_listen = ?tls_listen, threads, "astron-edge starting");
+    server.run(lifecycle.run_args());
+    // Pingora has stopped serving: the last log lines, spans and metrics go out now.
+    telemetry::shutdown();
+    Ok(())
 }
 
 /// One upgrade socket per config file, so two proxies on one machine do not collide.

@@ -241,7 +241,7 @@ fn server(check: &Checker<'_>, raw: &RawConfig, base: &Path) -> Result<ServerCon
             if t.listen.is_empty() {
                 return Err(check.err(tls.span(), "server.tls.listen is empty"));
             }
-            Some(TlsConfig {
+            let config = TlsConfig {
                 listen: t
                     .listen
                     .iter()
@@ -249,7 +249,10 @@ fn server(check: &Checker<'_>, raw: &RawConfig, base: &Path) -> Result<ServerCon
                     .collect::<Result<_, _>>()?,
                 cert: check.readable_file(&t.cert, base, "certificate")?,
                 key: check.readable_file(&t.key, base, "private key")?,
-            })
+            };
+            // Readable is not enough: a key of another certificate would fail every handshake.
+            crate::tls::load_certified_key(&config).map_err(|e| check.err(t.key.span(), e))?;
+            Some(config)
         }
     };
     Ok(ServerConfig {

@@ -37,6 +37,8 @@ pub struct RequestCtx {
     pub gzip: Option<Box<crate::compress::GzipStream>>,
     /// A missed asset-cache lookup: the response may be captured and stored.
     pub asset: Option<Box<crate::cache::Capture>>,
+    /// Metrics handles, timings and the span of this request.
+    pub telemetry: crate::telemetry::RequestTelemetry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,7 @@ impl RequestCtx {
             _in_flight: crate::shutdown::InFlight::enter(),
             gzip: None,
             asset: None,
+            telemetry: Default::default(),
         }
     }
 

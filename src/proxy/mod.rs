@@ -26,6 +26,7 @@ use crate::cache::{AssetCache, Entry, Lookup};
 use crate::config::RouteAction;
 use crate::routing::normalize_path;
 use crate::state::SharedState;
+use crate::telemetry::AuthResult;
 use crate::upstream::Upstream;
 use forward::rewrite_uri;
 use respond::{error_status, local_response, relay_denial};
@@ -93,9 +94,14 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let decision = self.decide(session, ctx);
+        ctx.kind = match decision {
+            Decision::Health => RequestKind::Health,
+            Decision::Proxy => RequestKind::Proxied,
+            _ => RequestKind::Local,
+        };
+        crate::telemetry::request_started(session, ctx);
         match decision {
             Decision::Health => {
-                ctx.kind = RequestKind::Health;
                 let method = &session.req_header().method;
                 if method == Method::GET || method == Method::HEAD {
                     local_response(session, ctx, StatusCode::OK, Some("OK\n")).await?;
@@ -105,7 +111,6 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Decision::Reject(status, why) => {
-                ctx.kind = RequestKind::Local;
                 tracing::debug!(
                     route = ctx.route_label(),
                     status = status.as_u16(),
@@ -121,7 +126,6 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Decision::Return(index) => {
-                ctx.kind = RequestKind::Local;
                 let snapshot = ctx.snapshot.clone();
                 if let RouteAction::Return { status, body } = &snapshot.config.routes[index].action
                 {
@@ -130,14 +134,10 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Decision::CacheHit(entry) => {
-                ctx.kind = RequestKind::Local;
                 crate::cache::serve_hit(session, ctx, &entry).await?;
                 Ok(true)
             }
-            Decision::Proxy => {
-                ctx.kind = RequestKind::Proxied;
-                self.forward_auth(session, ctx).await
-            }
+            Decision::Proxy => self.forward_auth(session, ctx).await,
         }
     }
 
@@ -170,6 +170,7 @@ impl ProxyHttp for EdgeProxy {
             Error::explain(ErrorType::InternalError, "proxied request without upstream")
         })?;
         if ctx.attempts == 0 {
+            crate::telemetry::upstream_started(ctx);
             ctx.upstream_addrs = upstream.addresses().await.map_err(|e| {
                 let mut err = Error::because(ErrorType::ConnectNoRoute, "resolving upstream", e);
                 err.esource = ErrorSource::Upstream;
@@ -234,6 +235,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(uri) = ctx.upstream_uri.take() {
             upstream_request.set_uri(uri);
         }
+        crate::telemetry::inject_trace_context(ctx, upstream_request)?;
         let Some(route) = ctx.proxy_route() else {
             return Ok(());
         };
@@ -259,6 +261,16 @@ impl ProxyHttp for EdgeProxy {
         if route.sse {
             upstream_request.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
         }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::telemetry::upstream_responded(ctx, upstream_response.status.as_u16());
         Ok(())
     }
 
@@ -294,6 +306,20 @@ impl ProxyHttp for EdgeProxy {
         crate::cache::body_filter(body, end_of_stream, ctx);
         crate::compress::body_filter(body, end_of_stream, ctx)?;
         Ok(None)
+    }
+
+    /// Once per request, at its very end (SSE: when the stream ends): access log, metrics,
+    /// span.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // What the client got; nginx's 499 when it left before anything was sent.
+        let status = match session.response_written() {
+            Some(response) => response.status.as_u16(),
+            None => e.map_or(499, |e| match error_status(e) {
+                0 => 499,
+                status => status,
+            }),
+        };
+        crate::telemetry::request_finished(session, ctx, status);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
@@ -357,10 +383,24 @@ impl EdgeProxy {
         let auth = &snapshot.config.auth[auth_index];
         let upstream = &snapshot.upstreams[auth.upstream];
         let identity = ClientIdentity::of(session);
+        let span = crate::telemetry::traces::auth_span(ctx, &auth.name, &auth.path);
         let outcome = self
             .auth
-            .check(auth, upstream, session.req_header(), &identity, &[])
+            .check(
+                auth,
+                upstream,
+                session.req_header(),
+                &identity,
+                &span.headers(),
+            )
             .await;
+        let (result, answer) = match &outcome {
+            AuthOutcome::Allow(_) => (AuthResult::Allow, None),
+            AuthOutcome::Deny(denial) => (AuthResult::Deny, Some(denial.status)),
+            AuthOutcome::Error(_) => (AuthResult::Error, None),
+        };
+        crate::telemetry::record_auth(&auth.name, result);
+        span.finish(result, answer);
         match outcome {
             AuthOutcome::Allow(headers) => {
                 ctx.auth_headers = headers;

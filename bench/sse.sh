@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# SSE scenario: STREAMS concurrent Server-Sent-Event streams through nginx and astron-edge,
+# in front of the same backend, one proxy at a time, interleaved over ROUNDS.
+#
+#   bench/sse.sh                  (also reached as `bench/run.sh sse`)
+#
+# Environment: STREAMS=9800 (the process file limit here is 20,000: a proxy holds two
+# descriptors per stream), HOLD=30 (seconds the streams are held), EVERY_MS=3000 (one event
+# per stream every 3 s), ROUNDS=1, PROXY_CPU=0, LOAD_CPU=1.
+#
+# Reports per proxy: streams lost, the RSS increase per held stream (KiB), and the p50/p99
+# latency per event (receive time minus the backend's send stamp: the proxy's added latency
+# plus the same loopback cost for both).
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+STREAMS=${STREAMS:-9800}
+HOLD=${HOLD:-30}
+EVERY_MS=${EVERY_MS:-3000}
+ROUNDS=${ROUNDS:-1}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+EDGE_BIN=${EDGE_BIN:-$REPO_DIR/target/release/astron-edge}
+SSE_BENCH=${SSE_BENCH:-$REPO_DIR/target/release/examples/sse_bench}
+NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+
+log() { printf '[sse] %s\n' "$*" >&2; }
+die() { printf '[sse] ERROR: %s\n' "$*" >&2; exit 1; }
+
+ulimit -n "$(ulimit -Hn)" || true
+[[ $(ulimit -n) -ge $((STREAMS * 2 + 100)) ]] || die "ulimit -n $(ulimit -n) is too low for $STREAMS streams"
+
+if [[ ! -x $EDGE_BIN || ! -x $SSE_BENCH ]]; then
+    log "building (cargo build --release) ..."
+    (cd "$REPO_DIR" && cargo build --release --bin astron-edge --example sse_bench)
+fi
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ -n ${KEEP_TMP:-} ]] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() {  # wait_http URL
+    for _ in $(seq 1 200); do
+        curl -fs -o /dev/null "$1" && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+rss_kib() {  # rss_kib PID... — summed VmRSS
+    local total=0 pid v
+    for pid in "$@"; do
+        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+BACKEND_PORT=$(free_port)
+taskset -c "$LOAD_CPU" "$SSE_BENCH" backend --listen "127.0.0.1:$BACKEND_PORT" --every-ms "$EVERY_MS" \
+    >"$TMP/backend.log" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 1 100); do grep -q listening "$TMP/backend.log" && break; sleep 0.05; done
+
+start_proxy() {  # start_proxy KIND PORT → sets PROXY_PIDS
+    local kind=$1 port=$2 dir="$TMP/$1"
+    mkdir -p "$dir"
+    if [[ $kind == nginx ]]; then
+        cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+daemon off;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
+    uwsgi_temp_path $dir; scgi_temp_path $dir;
+    upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port;
+        location = /health { return 200 "OK\n"; }
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 1800s;
+        }
+    }
+}
+CONF
+        taskset -c "$PROXY_CPU" "$NGINX_BIN" -p "$dir" -c "$dir/nginx.conf" >"$dir/out.log" 2>&1 &
+    else
+        cat >"$dir/edge.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$port"]
+threads = 1
+[access_log]
+path = "off"
+[upstreams.backend]
+servers = ["127.0.0.1:$BACKEND_PORT"]
+[[routes]]
+name = "sse"
+prefix = "/"
+upstream = "backend"
+sse = true
+timeout = "1800s"
+CONF
+        RUST_LOG=warn taskset -c "$PROXY_CPU" "$EDGE_BIN" run -c "$dir/edge.toml" >"$dir/out.log" 2>&1 &
+    fi
+    local main=$!
+    PIDS+=("$main")
+    wait_http "http://127.0.0.1:$port/health" || { cat "$dir"/*.log >&2; die "$kind did not start"; }
+    PROXY_PIDS=("$main" $(pgrep -P "$main" || true))
+}
+
+run_one() {  # run_one KIND ROUND
+    local kind=$1 round=$2 port out rss0 rss1 summary
+    port=$(free_port)
+    start_proxy "$kind" "$port"
+    sleep 0.5
+    rss0=$(rss_kib "${PROXY_PIDS[@]}")
+    out="$TMP/client-$kind-$round.log"
+    taskset -c "$LOAD_CPU" "$SSE_BENCH" client --url "http://127.0.0.1:$port/sse" \
+        --streams "$STREAMS" --hold-secs "$HOLD" >"$out" 2>&1 &
+    local client=$!
+    for _ in $(seq 1 1200); do grep -q '^established' "$out" && break; sleep 0.1; done
+    sleep "$(( HOLD / 2 ))"   # streams idle between events: the memory they hold
+    rss1=$(rss_kib "${PROXY_PIDS[@]}")
+    wait "$client" || true
+    summary=$(grep '^streams=' "$out" || echo "streams=0 lost=$STREAMS events=0 p50_us=0 p99_us=0 max_us=0")
+    kill "${PROXY_PIDS[0]}" 2>/dev/null || true
+    wait "${PROXY_PIDS[0]}" 2>/dev/null || true
+    local per_stream
+    per_stream=$(awk -v a="$rss0" -v b="$rss1" -v n="$STREAMS" 'BEGIN { printf "%.1f", (b - a) / n }')
+    printf '%s\tround=%s\t%s\trss_before_kib=%s\trss_held_kib=%s\tkib_per_stream=%s\n' \
+        "$kind" "$round" "$summary" "$rss0" "$rss1" "$per_stream" | tee -a "$TMP/results.tsv"
+}
+
+log "backend on 127.0.0.1:$BACKEND_PORT; $STREAMS streams, one event per ${EVERY_MS} ms, held ${HOLD} s, $ROUNDS round(s)"
+for round in $(seq 1 "$ROUNDS"); do
+    run_one nginx "$round"
+    run_one edge "$round"
+done
+
+echo
+echo "median over rounds:"
+for kind in nginx edge; do
+    for field in lost p50_us p99_us kib_per_stream; do
+        v=$(grep "^$kind" "$TMP/results.tsv" | tr '\t ' '\n\n' | awk -F= -v f="$field" '$1 == f { print $2 }' \
+            | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+        printf '  %-6s %-15s %s\n' "$kind" "$field" "$v"
+    done
+done

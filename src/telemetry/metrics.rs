@@ -1,0 +1,640 @@
+//! Prometheus metrics (SPEC §5), served as text at `GET /metrics` on `metrics.listen`.
+//!
+//! The metric families live in one process-wide registry, because every part of the proxy
+//! records into them (the request path, forward auth, SSE, the config reloader) and a
+//! reload must not reset a counter. Label values are bounded by construction: routes are
+//! named by the config (plus `health` and `unmatched`), methods are folded to a fixed set,
+//! statuses are three-digit codes.
+//!
+//! The request path never formats a label value: each route's handles are resolved once
+//! (the first time its name is seen) into a [`RouteMetrics`], and each `(method, status)`
+//! series of a route is resolved once into a slot of a fixed table, so counting a request
+//! is a few atomic operations.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::Method;
+use once_cell::sync::Lazy;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Histogram buckets in seconds: from 1 ms API calls to 30 min SSE streams.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1200.0, 1800.0,
+];
+
+/// Every metric name this module exports (checked against the dashboard and alert rules).
+pub const METRIC_NAMES: &[&str] = &[
+    "edge_http_requests_total",
+    "edge_http_request_duration_seconds",
+    "edge_http_response_body_bytes_total",
+    "edge_http_requests_in_flight",
+    "edge_sse_streams_active",
+    "edge_upstream_requests_total",
+    "edge_upstream_duration_seconds",
+    "edge_auth_requests_total",
+    "edge_config_reloads_total",
+    "edge_config_last_reload_success_timestamp_seconds",
+    "edge_access_log_dropped_total",
+    "edge_otlp_spans_dropped_total",
+];
+
+/// Statuses with a pre-resolved slot: every valid HTTP status code.
+const STATUS_MIN: u16 = 100;
+const STATUS_MAX: u16 = 599;
+const STATUS_SLOTS: usize = (STATUS_MAX - STATUS_MIN + 1) as usize;
+
+/// The `method` label: the methods the stack uses, everything else is `OTHER`, so a client
+/// inventing methods cannot create series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodLabel {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+    Other,
+}
+
+impl MethodLabel {
+    const COUNT: usize = 8;
+
+    pub fn of(method: &Method) -> Self {
+        match *method {
+            Method::GET => MethodLabel::Get,
+            Method::HEAD => MethodLabel::Head,
+            Method::POST => MethodLabel::Post,
+            Method::PUT => MethodLabel::Put,
+            Method::DELETE => MethodLabel::Delete,
+            Method::PATCH => MethodLabel::Patch,
+            Method::OPTIONS => MethodLabel::Options,
+            _ => MethodLabel::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodLabel::Get => "GET",
+            MethodLabel::Head => "HEAD",
+            MethodLabel::Post => "POST",
+            MethodLabel::Put => "PUT",
+            MethodLabel::Delete => "DELETE",
+            MethodLabel::Patch => "PATCH",
+            MethodLabel::Options => "OPTIONS",
+            MethodLabel::Other => "OTHER",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The result label of `edge_auth_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// 2xx from the auth service.
+    Allow,
+    /// 401/403 from the auth service.
+    Deny,
+    /// Anything else, a timeout or no connection.
+    Error,
+}
+
+impl AuthResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Allow => "allow",
+            AuthResult::Deny => "deny",
+            AuthResult::Error => "error",
+        }
+    }
+}
+
+struct Families {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    body_bytes: IntCounterVec,
+    in_flight: IntGaugeVec,
+    sse_active: IntGaugeVec,
+    upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    auth_requests: IntCounterVec,
+    reloads: IntCounterVec,
+    last_reload_success: Gauge,
+    access_log_dropped: IntCounter,
+    spans_dropped: IntCounter,
+    routes: ArcSwap<HashMap<Box<str>, Arc<RouteMetrics>>>,
+    upstreams: ArcSwap<HashMap<Box<str>, Arc<UpstreamMetrics>>>,
+}
+
+/// Registers one collector; the definitions are constants, so a failure is a programming
+/// error that the unit tests catch.
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("static metric definitions are valid and unique");
+    c
+}
+
+fn duration_opts(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec())
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = Registry::new();
+    let route_method_status = &["route", "method", "status"];
+    Families {
+        requests: register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "edge_http_requests_total",
+                    "HTTP requests answered, by route",
+                ),
+                route_method_status,
+            )
+            .expect("valid"),
+        ),
+        duration: register(
+            &r,
+            HistogramVec::new(
+                duration_opts(
+                    "edge_http_request_duration_seconds",
+                    "Time from the request header to the end of the response (SSE: the stream)",
+                ),
+                route_method_status,
+            )
+            .expect("valid"),
+        ),
+        body_bytes: register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "edge_http_response_body_bytes_total",
+                    "Response body bytes sent to clients (after compression)",
+                ),
+                &["route"],
+            )
+            .expect("valid"),
+        ),
+        in_flight: register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("edge_http_requests_in_flight", "Requests being handled"),
+                &["route"],
+            )
+            .expect("valid"),
+        ),
+        sse_active: register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("edge_sse_streams_active", "Open Server-Sent-Events streams"),
+                &["route"],
+            )
+            .expect("valid"),
+        ),
+        upstream_requests: register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "edge_upstream_requests_total",
+                    "Requests sent to upstreams, by upstream status (502/504: failed)",
+                ),
+                &["upstream", "status"],
+            )
+            .expect("valid"),
+        ),
+        upstream_duration: register(
+            &r,
+            HistogramVec::new(
+                duration_opts(
+                    "edge_upstream_duration_seconds",
+                    "Time from choosing the upstream to the end of its response",
+                ),
+                &["upstream"],
+            )
+            .expect("valid"),
+        ),
+        auth_requests: register(
+            &r,
+            IntCounterVec::new(
+                Opts::new("edge_auth_requests_total", "Forward-auth checks, by result"),
+                &["auth", "result"],
+            )
+            .expect("valid"),
+        ),
+        reloads: register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "edge_config_reloads_total",
+                    "Config reloads (not the first load), by result",
+                ),
+                &["result"],
+            )
+            .expect("valid"),
+        ),
+        last_reload_success: register(
+            &r,
+            Gauge::new(
+                "edge_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load or reload",
+            )
+            .expect("valid"),
+        ),
+        access_log_dropped: register(
+            &r,
+            IntCounter::new(
+                "edge_access_log_dropped_total",
+                "Access-log lines dropped because the writer fell behind",
+            )
+            .expect("valid"),
+        ),
+        spans_dropped: register(
+            &r,
+            IntCounter::new(
+                "edge_otlp_spans_dropped_total",
+                "Spans dropped because the OTLP export queue was full",
+            )
+            .expect("valid"),
+        ),
+        routes: ArcSwap::default(),
+        upstreams: ArcSwap::default(),
+        registry: r,
+    }
+});
+
+/// Creates every family, so a scrape shows them all from the start and the first request
+/// does not pay for the registration.
+pub fn init() {
+    Lazy::force(&FAMILIES);
+}
+
+/// One `(method, status)` series of a route.
+struct RequestSeries {
+    total: IntCounter,
+    duration: Histogram,
+}
+
+/// The handles of one route label, resolved once and shared by all its requests.
+pub struct RouteMetrics {
+    name: Arc<str>,
+    in_flight: IntGauge,
+    body_bytes: IntCounter,
+    /// Per method, a table indexed by `status - 100`, both filled on first use.
+    series: [OnceLock<Box<[OnceLock<RequestSeries>]>>; MethodLabel::COUNT],
+}
+
+impl RouteMetrics {
+    fn new(name: &str) -> Self {
+        let f = &*FAMILIES;
+        RouteMetrics {
+            name: Arc::from(name),
+            in_flight: f.in_flight.with_label_values(&[name]),
+            body_bytes: f.body_bytes.with_label_values(&[name]),
+            series: Default::default(),
+        }
+    }
+
+    /// The route label, shared (for OTLP attributes) without copying.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Counts a request in `edge_http_requests_in_flight` until the guard drops.
+    pub fn enter(self: Arc<Self>) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self)
+    }
+
+    /// Counts one answered request.
+    pub fn request_finished(
+        &self,
+        method: MethodLabel,
+        status: u16,
+        seconds: f64,
+        body_bytes: u64,
+    ) {
+        self.body_bytes.inc_by(body_bytes);
+        if !(STATUS_MIN..=STATUS_MAX).contains(&status) {
+            // Not an HTTP status: counted under its number without a cached slot.
+            let f = &*FAMILIES;
+            let labels = [&*self.name, method.as_str(), &status.to_string()];
+            f.requests.with_label_values(&labels).inc();
+            f.duration.with_label_values(&labels).observe(seconds);
+            return;
+        }
+        let table = self.series[method.index()].get_or_init(|| {
+            (0..STATUS_SLOTS)
+                .map(|_| OnceLock::new())
+                .collect::<Vec<_>>()
+                .into_boxed_slice()
+        });
+        let series = table[usize::from(status - STATUS_MIN)].get_or_init(|| {
+            let f = &*FAMILIES;
+            let labels = [&*self.name, method.as_str(), &status.to_string()];
+            RequestSeries {
+                total: f.requests.with_label_values(&labels),
+                duration: f.duration.with_label_values(&labels),
+            }
+        });
+        series.total.inc();
+        series.duration.observe(seconds);
+    }
+}
+
+/// A request in flight on a route; a guard, so that a request that ends in an unusual
+/// way (its context dropped without the logging phase) still leaves the gauge.
+pub struct InFlight(Arc<RouteMetrics>);
+
+impl InFlight {
+    pub fn route(&self) -> &Arc<RouteMetrics> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// The handles of one upstream, resolved once.
+pub struct UpstreamMetrics {
+    name: Arc<str>,
+    duration: Histogram,
+    by_status: Box<[OnceLock<IntCounter>]>,
+}
+
+impl UpstreamMetrics {
+    fn new(name: &str) -> Self {
+        UpstreamMetrics {
+            name: Arc::from(name),
+            duration: FAMILIES.upstream_duration.with_label_values(&[name]),
+            by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Counts one upstream exchange: its status (502/504 when it failed) and its duration.
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        let counter = (STATUS_MIN..=STATUS_MAX).contains(&status).then(|| {
+            self.by_status[usize::from(status - STATUS_MIN)].get_or_init(|| {
+                FAMILIES
+                    .upstream_requests
+                    .with_label_values(&[&*self.name, &status.to_string()])
+            })
+        });
+        match counter {
+            Some(counter) => counter.inc(),
+            None => FAMILIES
+                .upstream_requests
+                .with_label_values(&[&*self.name, &status.to_string()])
+                .inc(),
+        }
+    }
+}
+
+/// Looks a name up in a copy-on-write cache; inserting is rare (once per name).
+fn cached<T>(
+    cache: &ArcSwap<HashMap<Box<str>, Arc<T>>>,
+    name: &str,
+    make: impl Fn(&str) -> T,
+) -> Arc<T> {
+    if let Some(found) = cache.load().get(name) {
+        return found.clone();
+    }
+    let made = Arc::new(make(name));
+    let mut result = made.clone();
+    cache.rcu(|map| {
+        let mut map = HashMap::clone(map);
+        result = map
+            .entry(name.into())
+            .or_insert_with(|| made.clone())
+            .clone();
+        map
+    });
+    result
+}
+
+/// The handles of a route label (`health`, `unmatched` or a route name).
+pub fn route(name: &str) -> Arc<RouteMetrics> {
+    cached(&FAMILIES.routes, name, RouteMetrics::new)
+}
+
+/// The handles of an upstream.
+pub fn upstream(name: &str) -> Arc<UpstreamMetrics> {
+    cached(&FAMILIES.upstreams, name, UpstreamMetrics::new)
+}
+
+/// Counts one forward-auth check of the `[auth.NAME]` table `auth`.
+pub fn record_auth(auth: &str, result: AuthResult) {
+    FAMILIES
+        .auth_requests
+        .with_label_values(&[auth, result.as_str()])
+        .inc();
+}
+
+/// Counts a config reload (not the first load); a success also moves the
+/// last-success timestamp.
+pub fn record_reload(success: bool) {
+    let result = if success { "success" } else { "error" };
+    FAMILIES.reloads.with_label_values(&[result]).inc();
+    if success {
+        record_config_loaded();
+    }
+}
+
+/// Sets the last-success timestamp; called for the first load, which is not a reload.
+pub fn record_config_loaded() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    FAMILIES.last_reload_success.set(now);
+}
+
+/// An open SSE stream: `edge_sse_streams_active{route}` is one higher while it lives.
+#[must_use = "the stream counts as active only while the guard lives"]
+pub struct SseStreamGuard {
+    gauge: IntGauge,
+}
+
+impl Drop for SseStreamGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Marks an SSE stream of `route` as open until the returned guard is dropped (keep it in
+/// the request context, which lives until the stream ends).
+pub fn sse_stream_opened(route: &str) -> SseStreamGuard {
+    let gauge = FAMILIES.sse_active.with_label_values(&[route]);
+    gauge.inc();
+    SseStreamGuard { gauge }
+}
+
+pub(crate) fn access_log_line_dropped() {
+    FAMILIES.access_log_dropped.inc();
+}
+
+pub(crate) fn span_dropped() {
+    FAMILIES.spans_dropped.inc();
+}
+
+/// The registry in Prometheus text format.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&FAMILIES.registry.gather(), &mut out) {
+        tracing::warn!("cannot encode metrics: {e}");
+    }
+    out
+}
+
+/// `GET /metrics` (and nothing else) on the metrics listener.
+pub struct MetricsApp;
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let req = session.req_header();
+        let (status, content_type, body) = match (&req.method, req.uri.path()) {
+            (&Method::GET | &Method::HEAD, "/metrics") => {
+                (200, "text/plain; version=0.0.4; charset=utf-8", render())
+            }
+            (_, "/metrics") => (405, "text/plain", b"405 Method Not Allowed\n".to_vec()),
+            _ => (404, "text/plain", b"404 Not Found\n".to_vec()),
+        };
+        let body = if req.method == Method::HEAD {
+            Vec::new()
+        } else {
+            body
+        };
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}
+
+/// The metrics listener as a Pingora service of its own (one thread, its own socket),
+/// so scrapes never compete with the public listeners.
+pub fn service(addr: SocketAddr) -> Service<MetricsApp> {
+    let mut service = Service::new("metrics".to_owned(), MetricsApp);
+    service.add_tcp(&addr.to_string());
+    service.threads = Some(1);
+    service
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape() -> String {
+        String::from_utf8(render()).expect("utf-8")
+    }
+
+    #[test]
+    fn every_family_is_registered_under_its_name() {
+        init();
+        // Vec families appear once they have a series; make one of each.
+        let in_flight = route("t-names").enter();
+        in_flight
+            .route()
+            .request_finished(MethodLabel::Get, 200, 0.01, 5);
+        drop(in_flight);
+        upstream("t-names").record(200, 0.01);
+        record_auth("t-names", AuthResult::Allow);
+        record_reload(true);
+        drop(sse_stream_opened("t-names"));
+        access_log_line_dropped();
+        span_dropped();
+        let text = scrape();
+        for name in METRIC_NAMES {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn request_counters_move_per_method_and_status() {
+        let r = route("t-count");
+        let first = r.clone().enter();
+        let second = r.clone().enter();
+        assert!(scrape().contains("edge_http_requests_in_flight{route=\"t-count\"} 2"));
+        r.request_finished(MethodLabel::of(&Method::GET), 200, 0.002, 10);
+        drop(first);
+        let brew = Method::from_bytes(b"BREW").expect("method");
+        r.request_finished(MethodLabel::of(&brew), 418, 3.0, 0);
+        drop(second);
+        r.request_finished(MethodLabel::Post, 1000, 0.1, 0);
+        let text = scrape();
+        assert!(text.contains(
+            "edge_http_requests_total{method=\"GET\",route=\"t-count\",status=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "edge_http_requests_total{method=\"OTHER\",route=\"t-count\",status=\"418\"} 1"
+        ));
+        assert!(text.contains(
+            "edge_http_requests_total{method=\"POST\",route=\"t-count\",status=\"1000\"} 1"
+        ));
+        assert!(text.contains("edge_http_requests_in_flight{route=\"t-count\"} 0"));
+        assert!(text.contains("edge_http_response_body_bytes_total{route=\"t-count\"} 10"));
+        assert!(text.contains(
+            "edge_http_request_duration_seconds_bucket{method=\"GET\",route=\"t-count\",status=\"200\",le=\"0.0025\"} 1"
+        ));
+        assert!(text.contains(
+            "edge_http_request_duration_seconds_bucket{method=\"GET\",route=\"t-count\",status=\"200\",le=\"1800\"} 1"
+        ));
+    }
+
+    #[test]
+    fn handles_are_shared_per_name() {
+        assert!(Arc::ptr_eq(&route("t-shared"), &route("t-shared")));
+        assert!(Arc::ptr_eq(&upstream("t-shared"), &upstream("t-shared")));
+    }
+
+    #[test]
+    fn sse_guard_counts_while_alive() {
+        let line = "edge_sse_streams_active{route=\"t-sse\"}";
+        let a = sse_stream_opened("t-sse");
+        let b = sse_stream_opened("t-sse");
+        assert!(scrape().contains(&format!("{line} 2")));
+        drop(a);
+        assert!(scrape().contains(&format!("{line} 1")));
+        drop(b);
+        assert!(scrape().contains(&format!("{line} 0")));
+    }
+
+    #[test]
+    fn upstream_failures_are_labelled_by_status() {
+        let u = upstream("t-up");
+        u.record(502, 0.001);
+        u.record(504, 30.0);
+        u.record(200, 0.01);
+        let text = scrape();
+        assert!(text.contains("edge_upstream_requests_total{status=\"502\",upstream=\"t-up\"} 1"));
+        assert!(text.contains("edge_upstream_requests_total{status=\"504\",upstream=\"t-up\"} 1"));
+        assert!(text.contains("edge_upstream_duration_seconds_count{upstream=\"t-up\"} 3"));
+    }
+}

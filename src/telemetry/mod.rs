@@ -1,0 +1,330 @@
+//! Telemetry: the access log (SPEC §4), Prometheus metrics (§5), OTLP traces and metrics
+//! (§6).
+//!
+//! The proxy calls five hooks, one per phase ([`request_started`], [`upstream_started`],
+//! [`inject_trace_context`], [`upstream_responded`], [`request_finished`]); everything they
+//! need between phases lives in [`RequestTelemetry`], a field of the request context.
+//! Other modules record through [`metrics`] (auth results, SSE streams, reloads) and
+//! [`traces::auth_span`].
+//!
+//! The process-wide parts (the access-log writer, the OTLP pipelines and the small tokio
+//! runtime their background work runs on) are created once by [`init`] and kept in a
+//! static: hooks run in Pingora's phases, far from `server::run`, and a static costs the
+//! request path one atomic load. Before [`init`] (unit tests) the hooks still count
+//! Prometheus metrics and skip the rest.
+
+pub mod access_log;
+pub mod metrics;
+mod otlp;
+mod settings;
+pub mod traces;
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::metrics::Histogram;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{LogTarget, OtlpProtocol};
+use crate::proxy::{RequestCtx, RequestKind};
+use crate::state::SharedState;
+use access_log::{AccessLog, Entry};
+use metrics::{InFlight, MethodLabel};
+use otlp::Otlp;
+use traces::{ServerRequest, ServerSpan, TRACEPARENT, TRACESTATE};
+
+pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
+
+/// How long the exit may wait for the last access-log lines and OTLP exports.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Telemetry {
+    access_log: AccessLog,
+    otlp: Option<Otlp>,
+    /// Runs the SIGUSR1 watch and the OTLP exporters' network I/O; lives as long as the
+    /// process (a static is never dropped).
+    runtime: tokio::runtime::Runtime,
+}
+
+static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+
+fn global() -> Option<&'static Telemetry> {
+    TELEMETRY.get()
+}
+
+fn otlp_pipeline() -> Option<&'static Otlp> {
+    global()?.otlp.as_ref()
+}
+
+/// Starts the access-log writer, the OTLP pipelines (when enabled by the config or the
+/// environment) and the SIGUSR1 handler. Called once, before the server runs.
+pub fn init(state: &SharedState) -> anyhow::Result<()> {
+    metrics::init();
+    metrics::record_config_loaded();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("telemetry")
+        .enable_all()
+        .build()?;
+    // Registered now, not in a task: until it is, SIGUSR1 would kill the process.
+    let mut usr1 = {
+        let _enter = runtime.enter();
+        signal(SignalKind::user_defined1())?
+    };
+    let snapshot = state.load_full();
+    let otlp = match settings::resolve(&snapshot.config.telemetry, &|name| std::env::var(name).ok())
+    {
+        None => None,
+        Some(settings) => {
+            let _enter = runtime.enter();
+            match Otlp::start(&settings, runtime.handle()) {
+                Ok(otlp) => {
+                    tracing::info!(
+                        endpoint = %settings.endpoint,
+                        protocol = match settings.protocol {
+                            OtlpProtocol::Grpc => "grpc",
+                            OtlpProtocol::HttpProtobuf => "http/protobuf",
+                        },
+                        service_name = %settings.service_name,
+                        "OTLP export on"
+                    );
+                    Some(otlp)
+                }
+                Err(e) => {
+                    tracing::error!("OTLP export off: cannot set up the exporters: {e:#}");
+                    None
+                }
+            }
+        }
+    };
+    let telemetry = Telemetry {
+        access_log: AccessLog::start(state.clone())?,
+        otlp,
+        runtime,
+    };
+    if TELEMETRY.set(telemetry).is_err() {
+        anyhow::bail!("telemetry initialised twice");
+    }
+    if let Some(t) = global() {
+        t.runtime.spawn(async move {
+            while usr1.recv().await.is_some() {
+                if let Some(t) = global() {
+                    t.access_log.reopen();
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Writes the queued access-log lines and exports the pending spans and metrics, within
+/// [`FLUSH_TIMEOUT`]. Called once Pingora has stopped serving.
+pub fn shutdown() {
+    let Some(t) = global() else {
+        return;
+    };
+    let deadline = Instant::now() + FLUSH_TIMEOUT;
+    if !t.access_log.flush(deadline) {
+        tracing::warn!("access log not fully written at exit");
+    }
+    if let Some(otlp) = &t.otlp {
+        otlp.shutdown(deadline);
+    }
+}
+
+/// What telemetry carries from phase to phase of one request.
+#[derive(Default)]
+pub struct RequestTelemetry {
+    /// Set by [`request_started`]: the route's handles, counted in flight.
+    in_flight: Option<InFlight>,
+    /// An open SSE stream (2xx answer on an `sse` route), counted until the request ends.
+    sse: Option<SseStreamGuard>,
+    /// First upstream attempt (name resolution included).
+    upstream_started: Option<Instant>,
+    /// Status of the upstream's response header.
+    upstream_status: Option<u16>,
+    span: Option<ServerSpan>,
+}
+
+impl RequestTelemetry {
+    /// The request's SERVER span, when tracing is on and the request is proxied.
+    pub fn server_span(&self) -> Option<&ServerSpan> {
+        self.span.as_ref()
+    }
+}
+
+/// `request_filter`, once `ctx.kind` and the route are known: the in-flight gauge, and
+/// for proxied requests the SERVER span (a child of the client's `traceparent`).
+pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
+    let route = metrics::route(ctx.route_label());
+    if ctx.kind == RequestKind::Proxied {
+        if let Some(otlp) = otlp_pipeline() {
+            let req = session.req_header();
+            ctx.telemetry.span = Some(ServerSpan::start(
+                &otlp.tracer,
+                &ServerRequest {
+                    method: &req.method,
+                    path: req.uri.path(),
+                    route: route.name(),
+                    headers: &req.headers,
+                    client: client_ip(session),
+                    host: host(req),
+                },
+            ));
+        }
+    }
+    ctx.telemetry.in_flight = Some(route.enter());
+}
+
+/// `upstream_peer`: the upstream exchange starts (kept from the first attempt).
+pub fn upstream_started(ctx: &mut RequestCtx) {
+    ctx.telemetry
+        .upstream_started
+        .get_or_insert_with(Instant::now);
+}
+
+/// `upstream_request_filter`: the proxy's own `traceparent` (and `tracestate`) replace the
+/// client's, so the upstream's spans are children of the proxy's span.
+pub fn inject_trace_context(
+    ctx: &RequestCtx,
+    upstream_request: &mut RequestHeader,
+) -> pingora::Result<()> {
+    if let Some(span) = &ctx.telemetry.span {
+        upstream_request.remove_header(&TRACEPARENT);
+        upstream_request.remove_header(&TRACESTATE);
+        for (name, value) in traces::trace_headers(span.span_context()) {
+            upstream_request.insert_header(name, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// `upstream_response_filter`: the upstream answered with `status`; a 2xx on an `sse`
+/// route opens a stream in `edge_sse_streams_active`.
+pub fn upstream_responded(ctx: &mut RequestCtx, status: u16) {
+    ctx.telemetry.upstream_status = Some(status);
+    if (200..300).contains(&status) && ctx.proxy_route().is_some_and(|r| r.sse) {
+        ctx.telemetry.sse = Some(metrics::sse_stream_opened(ctx.route_label()));
+    }
+}
+
+/// `logging`, once per request at its very end (SSE: when the stream ends): metrics,
+/// access-log line, span. `status` is what the client got (499 when it left first).
+pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
+    let elapsed = ctx.started.elapsed();
+    let seconds = elapsed.as_secs_f64();
+    let req = session.req_header();
+    let method = MethodLabel::of(&req.method);
+    let body_bytes = u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX);
+    let in_flight = ctx.telemetry.in_flight.take();
+    ctx.telemetry.sse = None;
+    let route = match &in_flight {
+        Some(in_flight) => in_flight.route().clone(),
+        None => metrics::route(ctx.route_label()),
+    };
+    route.request_finished(method, status, seconds, body_bytes);
+    let otlp = otlp_pipeline();
+    if let Some(otlp) = otlp {
+        record_duration(
+            &otlp.server_duration,
+            method,
+            status,
+            "http.route",
+            route.name(),
+            seconds,
+        );
+    }
+
+    let upstream_time = ctx.telemetry.upstream_started.map(|t| t.elapsed());
+    if let (Some(upstream), Some(time)) = (&ctx.upstream, upstream_time) {
+        // No upstream answer: a 502/504 is the upstream's failure; anything else (the
+        // client left first) says nothing about the upstream.
+        let upstream_status = ctx
+            .telemetry
+            .upstream_status
+            .or(matches!(status, 502 | 504).then_some(status));
+        if let Some(upstream_status) = upstream_status {
+            let handles = metrics::upstream(&upstream.name);
+            handles.record(upstream_status, time.as_secs_f64());
+            if let Some(otlp) = otlp {
+                record_duration(
+                    &otlp.client_duration,
+                    method,
+                    upstream_status,
+                    "server.address",
+                    handles.name(),
+                    time.as_secs_f64(),
+                );
+            }
+        }
+    }
+
+    let span = ctx.telemetry.span.take();
+    if ctx.kind != RequestKind::Health && ctx.snapshot.config.access_log.target != LogTarget::Off {
+        if let Some(t) = global() {
+            let header = |name: http::header::HeaderName| {
+                req.headers.get(name).map(http::HeaderValue::as_bytes)
+            };
+            let entry = Entry {
+                remote_addr: client_ip(session),
+                authorization: header(http::header::AUTHORIZATION),
+                method: req.method.as_str(),
+                target: req.raw_path(),
+                version: req.version,
+                status,
+                body_bytes_sent: body_bytes,
+                referer: header(http::header::REFERER),
+                user_agent: header(http::header::USER_AGENT),
+                x_forwarded_for: header(http::header::HeaderName::from_static("x-forwarded-for")),
+                request_time: elapsed,
+                upstream_response_time: upstream_time,
+                upstream_addr: ctx.peer,
+                route: route.name().as_ref(),
+                trace_id: span
+                    .as_ref()
+                    .map(|s| s.span_context().trace_id().to_string()),
+            };
+            let format = ctx.snapshot.config.access_log.format;
+            t.access_log
+                .write(access_log::format_line(format, &entry, SystemTime::now()));
+        }
+    }
+    if let Some(span) = span {
+        span.finish(status, ctx.peer);
+    }
+    drop(in_flight);
+}
+
+fn record_duration(
+    histogram: &Histogram<f64>,
+    method: MethodLabel,
+    status: u16,
+    name_key: &'static str,
+    name: &Arc<str>,
+    seconds: f64,
+) {
+    histogram.record(
+        seconds,
+        &otlp::duration_attributes(method.as_str(), status, name_key, name),
+    );
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// `server.address`: the host the client asked for, without the port.
+fn host(req: &RequestHeader) -> Option<String> {
+    if let Some(host) = req.uri.host() {
+        return Some(host.to_owned());
+    }
+    let host = req.headers.get(http::header::HOST)?.to_str().ok()?;
+    let authority: http::uri::Authority = host.parse().ok()?;
+    Some(authority.host().to_owned())
+}

@@ -1,0 +1,236 @@
+//! Spans (SPEC §6): one SERVER span per proxied request, a CLIENT child span per
+//! forward-auth call, W3C trace context in and out.
+//!
+//! Nothing here runs when tracing is off: [`super::otlp_pipeline`] is `None` and every
+//! function returns at once. When it is on, a span costs its attributes and one enqueue
+//! on the batch processor; sampled-out spans get no attributes at all.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::Span;
+
+use super::metrics::{AuthResult, MethodLabel};
+use crate::proxy::RequestCtx;
+
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The SERVER span of one proxied request.
+pub struct ServerSpan {
+    span: Span,
+}
+
+/// What the request told us when it arrived.
+pub struct ServerRequest<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub route: &'a Arc<str>,
+    pub headers: &'a HeaderMap,
+    pub client: Option<std::net::IpAddr>,
+    /// `Host` without the port.
+    pub host: Option<String>,
+}
+
+impl ServerSpan {
+    /// Starts the span as a child of the request's `traceparent`, if any.
+    pub fn start(tracer: &opentelemetry_sdk::trace::SdkTracer, req: &ServerRequest<'_>) -> Self {
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers));
+        let method = semconv_method(req.method);
+        let builder = tracer
+            .span_builder(format!("{method} {}", req.route))
+            .with_kind(SpanKind::Server);
+        let mut span = tracer.build_with_context(builder, &parent);
+        if span.is_recording() {
+            let mut attributes = Vec::with_capacity(8);
+            attributes.push(KeyValue::new("http.request.method", method));
+            attributes.push(KeyValue::new("url.path", req.path.to_owned()));
+            attributes.push(KeyValue::new("http.route", req.route.clone()));
+            if let Some(ip) = req.client {
+                attributes.push(KeyValue::new("client.address", ip.to_string()));
+            }
+            if let Some(host) = &req.host {
+                attributes.push(KeyValue::new("server.address", host.clone()));
+            }
+            if let Some(agent) = req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+            {
+                attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+            }
+            span.set_attributes(attributes);
+        }
+        ServerSpan { span }
+    }
+
+    pub fn span_context(&self) -> &SpanContext {
+        self.span.span_context()
+    }
+
+    /// Ends the span with the status sent to the client; 5xx marks it as an error.
+    pub fn finish(mut self, status: u16, upstream: Option<SocketAddr>) {
+        if self.span.is_recording() {
+            self.span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if let Some(peer) = upstream {
+                self.span
+                    .set_attribute(KeyValue::new("upstream.address", peer.to_string()));
+            }
+            if status >= 500 {
+                self.span
+                    .set_status(Status::error(format!("HTTP {status}")));
+            }
+        }
+        self.span.end();
+    }
+}
+
+/// `traceparent` (and `tracestate`) of a span context, for a request we send.
+pub fn trace_headers(cx: &SpanContext) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = Vec::with_capacity(2);
+    if !cx.is_valid() {
+        return headers;
+    }
+    let flags = cx.trace_flags() & TraceFlags::SAMPLED;
+    let value = format!(
+        "00-{}-{}-{:02x}",
+        cx.trace_id(),
+        cx.span_id(),
+        flags.to_u8()
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.push((TRACEPARENT.clone(), value));
+    }
+    let state = cx.trace_state().header();
+    if !state.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&state) {
+            headers.push((TRACESTATE.clone(), value));
+        }
+    }
+    headers
+}
+
+/// The CLIENT span of a forward-auth call; a no-op when tracing is off.
+pub struct AuthSpan {
+    span: Option<Span>,
+}
+
+/// Starts the auth call's span as a child of the request's SERVER span. Send
+/// [`AuthSpan::headers`] with the auth request and call [`AuthSpan::finish`] with the
+/// outcome.
+pub fn auth_span(ctx: &RequestCtx, auth_name: &str, auth_path: &str) -> AuthSpan {
+    let (Some(otlp), Some(server)) = (super::otlp_pipeline(), ctx.telemetry.server_span()) else {
+        return AuthSpan { span: None };
+    };
+    let parent = Context::new().with_remote_span_context(server.span_context().clone());
+    let builder = otlp
+        .tracer
+        .span_builder(format!("GET {auth_name}"))
+        .with_kind(SpanKind::Client);
+    let mut span = otlp.tracer.build_with_context(builder, &parent);
+    if span.is_recording() {
+        span.set_attributes([
+            KeyValue::new("http.request.method", "GET"),
+            KeyValue::new("url.path", auth_path.to_owned()),
+            KeyValue::new("auth.name", auth_name.to_owned()),
+        ]);
+    }
+    AuthSpan { span: Some(span) }
+}
+
+impl AuthSpan {
+    /// `traceparent` / `tracestate` of this span for the auth request (empty when off).
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        self.span
+            .as_ref()
+            .map(|s| trace_headers(s.span_context()))
+            .unwrap_or_default()
+    }
+
+    /// Ends the span: `status` is the auth service's answer, `None` when there was none.
+    pub fn finish(self, result: AuthResult, status: Option<u16>) {
+        let Some(mut span) = self.span else {
+            return;
+        };
+        if span.is_recording() {
+            if let Some(status) = status {
+                span.set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+            }
+            span.set_attribute(KeyValue::new("auth.result", result.as_str()));
+            if result == AuthResult::Error {
+                span.set_status(Status::error("forward auth failed"));
+            }
+        }
+        span.end();
+    }
+}
+
+/// `http.request.method` as the semantic conventions want it: known methods as is,
+/// anything else `_OTHER`.
+fn semconv_method(method: &http::Method) -> &'static str {
+    match MethodLabel::of(method) {
+        MethodLabel::Other => "_OTHER",
+        known => known.as_str(),
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+
+    #[test]
+    fn traceparent_is_w3c() {
+        let cx = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::from_key_value([("vendor", "x")]).expect("state"),
+        );
+        let headers = trace_headers(&cx);
+        assert_eq!(
+            headers[0].1,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            headers[1],
+            (TRACESTATE.clone(), HeaderValue::from_static("vendor=x"))
+        );
+        assert!(trace_headers(&SpanContext::empty_context()).is_empty());
+    }
+
+    #[test]
+    fn unknown_methods_are_other() {
+        assert_eq!(semconv_method(&http::Method::POST), "POST");
+        assert_eq!(
+            semconv_method(&http::Method::from_bytes(b"PROPFIND").expect("method")),
+            "_OTHER"
+        );
+    }
+}

@@ -1,0 +1,605 @@
+//! OTLP traces and metrics against a real collector protocol: a gRPC receiver built from
+//! the `opentelemetry-proto` tonic server types runs inside the test, the real proxy
+//! exports to it. Also http/protobuf, and collectors that are down or never answer.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{text_response, wait_until, Backend, Proxy};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+/// A span as received, with the service name of its resource.
+#[derive(Clone, Debug)]
+struct Received {
+    service: String,
+    span: Span,
+}
+
+/// Attributes as strings, by key.
+type Attributes = HashMap<String, String>;
+
+/// The in-test collector: records what the proxy exports over gRPC.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+    /// Metric name → the attribute sets of its data points.
+    metrics: Arc<Mutex<HashMap<String, Vec<Attributes>>>>,
+}
+
+impl Collector {
+    fn record_spans(&self, request: ExportTraceServiceRequest) {
+        let mut spans = self.spans.lock().expect("lock");
+        for resource_spans in request.resource_spans {
+            let attrs = resource_spans
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            let service = attrs.get("service.name").cloned().unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().expect("lock").clone()
+    }
+
+    fn span_named(&self, name: &str) -> Option<Received> {
+        self.spans().into_iter().find(|r| r.span.name == name)
+    }
+
+    fn metric_points(&self, name: &str) -> Vec<HashMap<String, String>> {
+        self.metrics
+            .lock()
+            .expect("lock")
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.record_spans(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.metrics.lock().expect("lock");
+        for resource in request.into_inner().resource_metrics {
+            for scope in resource.scope_metrics {
+                for metric in scope.metrics {
+                    let points: Vec<HashMap<String, String>> = match metric.data {
+                        Some(Data::Histogram(h)) => h
+                            .data_points
+                            .iter()
+                            .map(|p| attributes(&p.attributes))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    metrics.entry(metric.name).or_default().extend(points);
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// Starts the gRPC collector on a free port; it stops when the test's runtime ends.
+async fn start_collector() -> (Collector, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind collector");
+    let addr = listener.local_addr().expect("collector addr");
+    let collector = Collector::default();
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(collector.clone()))
+        .add_service(MetricsServiceServer::new(collector.clone()))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+    (collector, addr)
+}
+
+fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                Some(Value::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The upstream answers 200; the auth service allows everything.
+fn config(collector: &str, protocol: &str, app: SocketAddr, auth: SocketAddr) -> String {
+    format!(
+        r#"
+[access_log]
+path = "access.log"
+format = "json"
+
+[telemetry]
+enabled = true
+endpoint = "{collector}"
+protocol = "{protocol}"
+service_name = "edge-under-test"
+metrics_interval = "300ms"
+
+[upstreams.app]
+servers = ["{app}"]
+
+[upstreams.authsvc]
+servers = ["{auth}"]
+
+[upstreams.down]
+servers = ["127.0.0.1:{closed}"]
+connect_timeout = "1s"
+
+[auth.gate]
+upstream = "authsvc"
+path = "/check"
+timeout = "5s"
+
+[[routes]]
+name = "api"
+prefix = "/api/"
+upstream = "app"
+
+[[routes]]
+name = "secure"
+prefix = "/secure/"
+upstream = "app"
+auth = "gate"
+
+[[routes]]
+name = "broken"
+prefix = "/broken/"
+upstream = "down"
+"#,
+        closed = common::free_port(),
+    )
+}
+
+/// Exports quickly, so the tests wait milliseconds rather than the default 5 s.
+const FAST_EXPORT: &[(&str, &str)] = &[("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "100")];
+
+async fn edge_with_collector() -> (Collector, Backend, Backend, Proxy) {
+    let (collector, addr) = start_collector().await;
+    let app = Backend::echo().await;
+    let auth = Backend::start(|_| async { text_response(200, "ok") }).await;
+    let proxy = Proxy::start_with_env(
+        &config(&format!("http://{addr}"), "grpc", app.addr, auth.addr),
+        FAST_EXPORT,
+    );
+    (collector, app, auth, proxy)
+}
+
+async fn wait_for_span(collector: &Collector, name: &str) -> Received {
+    let found = wait_until(Duration::from_secs(15), || {
+        collector.span_named(name).is_some()
+    })
+    .await;
+    assert!(found, "no span {name:?}; got {:?}", collector.spans());
+    collector.span_named(name).expect("span")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_span_has_every_spec_attribute_and_joins_the_incoming_trace() {
+    let (collector, app, _auth, proxy) = edge_with_collector().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let response = common::client()
+        .get(proxy.url("/api/items?page=2"))
+        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+        .header("user-agent", "telemetry-test/1.0")
+        .header("host", "edge.example:8080")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+
+    let received = wait_for_span(&collector, "GET api").await;
+    let span = &received.span;
+    assert_eq!(received.service, "edge-under-test");
+    assert_eq!(span.kind, SpanKind::Server as i32);
+    assert_eq!(hex(&span.trace_id), trace_id, "same trace as the client's");
+    assert_eq!(
+        hex(&span.parent_span_id),
+        parent_id,
+        "child of the client's span"
+    );
+    let attrs = attributes(&span.attributes);
+    let expect = [
+        ("http.request.method", "GET".to_string()),
+        ("url.path", "/api/items".to_string()),
+        ("http.route", "api".to_string()),
+        ("http.response.status_code", "200".to_string()),
+        ("client.address", "127.0.0.1".to_string()),
+        ("server.address", "edge.example".to_string()),
+        ("user_agent.original", "telemetry-test/1.0".to_string()),
+        ("upstream.address", app.addr.to_string()),
+    ];
+    for (key, value) in expect {
+        assert_eq!(attrs.get(key), Some(&value), "{key} in {attrs:?}");
+    }
+    assert_ne!(
+        span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+
+    // The upstream got the proxy's own traceparent: same trace, parent = the proxy's span.
+    let upstream_traceparent = app.last().header("traceparent").map(str::to_owned);
+    assert_eq!(
+        upstream_traceparent,
+        Some(format!("00-{trace_id}-{}-01", hex(&span.span_id)))
+    );
+
+    // The JSON access log carries the trace id.
+    let log = proxy.dir().join("access.log");
+    let logged = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(trace_id))
+    })
+    .await;
+    assert!(logged, "trace_id not in the access log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_traceparent_starts_a_trace_and_5xx_is_an_error() {
+    let (collector, app, _auth, proxy) = edge_with_collector().await;
+    let client = common::client();
+    let ok = client
+        .get(proxy.url("/api/fresh"))
+        .send()
+        .await
+        .expect("ok");
+    assert_eq!(ok.status(), 200);
+    let failed = client
+        .get(proxy.url("/broken/x"))
+        .send()
+        .await
+        .expect("502");
+    assert_eq!(failed.status(), 502);
+
+    let fresh = wait_for_span(&collector, "GET api").await.span;
+    assert!(fresh.parent_span_id.is_empty(), "a root span");
+    let traceparent = app.last().header("traceparent").map(str::to_owned);
+    assert_eq!(
+        traceparent,
+        Some(format!(
+            "00-{}-{}-01",
+            hex(&fresh.trace_id),
+            hex(&fresh.span_id)
+        ))
+    );
+    let broken = wait_for_span(&collector, "GET broken").await.span;
+    assert_eq!(
+        broken.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    assert_eq!(
+        attributes(&broken.attributes).get("http.response.status_code"),
+        Some(&"502".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_call_is_a_client_child_span_with_its_own_traceparent() {
+    let (collector, app, auth, proxy) = edge_with_collector().await;
+    let response = common::client()
+        .get(proxy.url("/secure/data"))
+        .header("authorization", "Bearer t")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+
+    let server = wait_for_span(&collector, "GET secure").await.span;
+    let client = wait_for_span(&collector, "GET gate").await.span;
+    assert_eq!(client.kind, SpanKind::Client as i32);
+    assert_eq!(client.trace_id, server.trace_id);
+    assert_eq!(client.parent_span_id, server.span_id);
+    let auth_traceparent = auth.last().header("traceparent").map(str::to_owned);
+    assert_eq!(
+        auth_traceparent,
+        Some(format!(
+            "00-{}-{}-01",
+            hex(&client.trace_id),
+            hex(&client.span_id)
+        ))
+    );
+    // The upstream request is the server span's child, not the auth span's.
+    let upstream_traceparent = app.last().header("traceparent").map(str::to_owned);
+    assert_eq!(
+        upstream_traceparent,
+        Some(format!(
+            "00-{}-{}-01",
+            hex(&server.trace_id),
+            hex(&server.span_id)
+        ))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_arrive_under_the_semantic_convention_names() {
+    let (collector, _app, _auth, proxy) = edge_with_collector().await;
+    let response = common::client()
+        .post(proxy.url("/api/submit"))
+        .body("x")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let arrived = wait_until(Duration::from_secs(15), || {
+        let server = collector.metric_points("http.server.request.duration");
+        let client = collector.metric_points("http.client.request.duration");
+        server
+            .iter()
+            .any(|p| p.get("http.route").map(String::as_str) == Some("api"))
+            && !client.is_empty()
+    })
+    .await;
+    assert!(arrived, "semantic-convention metrics did not arrive");
+    let point = collector
+        .metric_points("http.server.request.duration")
+        .into_iter()
+        .find(|p| p.get("http.route").map(String::as_str) == Some("api"))
+        .expect("point");
+    assert_eq!(point["http.request.method"], "POST");
+    assert_eq!(point["http.response.status_code"], "200");
+    let client = collector.metric_points("http.client.request.duration");
+    assert!(
+        client
+            .iter()
+            .any(|p| p.get("server.address").map(String::as_str) == Some("app")),
+        "{client:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_and_environment_overrides() {
+    // An OTLP/HTTP receiver: a plain HTTP server that records the protobuf bodies.
+    let receiver = Backend::start(|_| async {
+        hyper::Response::builder()
+            .status(200)
+            .header("content-type", "application/x-protobuf")
+            .body(common::full(Vec::new()))
+            .expect("response")
+    })
+    .await;
+    let app = Backend::echo().await;
+    // The table says off and points elsewhere: the environment turns it on and redirects.
+    let table = format!(
+        r#"
+[access_log]
+path = "off"
+
+[telemetry]
+enabled = false
+endpoint = "http://127.0.0.1:{closed}"
+
+[upstreams.app]
+servers = ["{app}"]
+
+[[routes]]
+name = "api"
+prefix = "/api/"
+upstream = "app"
+"#,
+        closed = common::free_port(),
+        app = app.addr
+    );
+    let endpoint = format!("http://{}", receiver.addr);
+    let proxy = Proxy::start_with_env(
+        &table,
+        &[
+            ("OTLP_ENABLE", "1"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", "edge-from-env"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+            ("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "100"),
+        ],
+    );
+    let response = common::client()
+        .get(proxy.url("/api/x"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+
+    let collector = Collector::default();
+    let arrived = wait_until(Duration::from_secs(15), || {
+        for req in receiver.requests() {
+            if req.uri == "/v1/traces" {
+                if let Ok(decoded) = ExportTraceServiceRequest::decode(req.body.clone()) {
+                    collector.record_spans(decoded);
+                }
+            }
+        }
+        collector.span_named("GET api").is_some()
+    })
+    .await;
+    assert!(arrived, "no span over http/protobuf");
+    let received = collector.span_named("GET api").expect("span");
+    assert_eq!(received.service, "edge-from-env");
+    let request = receiver
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == "/v1/traces")
+        .expect("trace export");
+    assert_eq!(request.method, "POST");
+    assert_eq!(
+        request.header("content-type"),
+        Some("application/x-protobuf")
+    );
+    let decoded = ExportTraceServiceRequest::decode(request.body).expect("protobuf");
+    let resource = decoded.resource_spans[0]
+        .resource
+        .as_ref()
+        .expect("resource");
+    assert_eq!(
+        attributes(&resource.attributes).get("deployment.environment"),
+        Some(&"test".to_string())
+    );
+}
+
+/// 200 requests through a proxy whose collector is `collector`: all succeed, none slowly,
+/// and SIGTERM still ends the process within its bounds. Returns the spans the bounded
+/// export queue dropped.
+async fn requests_unaffected_by(collector: &str) -> u64 {
+    let app = Backend::echo().await;
+    let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let body = format!(
+        r#"
+[access_log]
+path = "off"
+
+[metrics]
+listen = "{metrics}"
+
+[telemetry]
+enabled = true
+endpoint = "{collector}"
+metrics_interval = "200ms"
+
+[upstreams.app]
+servers = ["{app}"]
+
+[[routes]]
+name = "api"
+prefix = "/"
+upstream = "app"
+"#,
+        app = app.addr
+    );
+    let mut proxy = Proxy::start_with_env(
+        &body,
+        &[
+            ("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "50"),
+            ("OTLP_TRACE_MAX_QUEUE_SIZE", "64"),
+            ("OTLP_TRACE_MAX_EXPORT_BATCH_SIZE", "16"),
+        ],
+    );
+    let client = common::client();
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    for i in 0..200 {
+        let t = Instant::now();
+        let response = client
+            .get(proxy.url(&format!("/item/{i}")))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "request {i}");
+        slowest = slowest.max(t.elapsed());
+    }
+    // An export on the request path would cost seconds (connect / 10 s export timeout).
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest request {slowest:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "200 requests took {:?}",
+        started.elapsed()
+    );
+
+    let scrape = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let dropped = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("edge_otlp_spans_dropped_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("edge_otlp_spans_dropped_total");
+
+    proxy.signal("TERM");
+    // grace period 2 s (nothing in flight: no wait) + flush bound 3 s + margin
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "did not exit cleanly: {status:?}\n{}",
+        proxy.stderr()
+    );
+    dropped as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_on_a_closed_port_costs_requests_nothing() {
+    requests_unaffected_by(&format!("http://127.0.0.1:{}", common::free_port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_costs_requests_nothing() {
+    // Accepts connections and reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            keep.lock().expect("lock").push(stream);
+        }
+    });
+    let dropped = requests_unaffected_by(&format!("http://{addr}")).await;
+    // The export is stuck, the queue holds 64: the rest is dropped, and counted.
+    assert!(dropped > 0, "no dropped spans counted");
+    assert!(
+        !held.lock().expect("lock").is_empty(),
+        "the proxy never tried the collector"
+    );
+}
