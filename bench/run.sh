@@ -656,6 +656,7 @@ scenario_telemetry() {
     start_nginx_proxy nginx-log "$scen"
     start_edge_proxy edge-off small
     metrics_port=$(free_port)
+    mkdir -p "$TMP/$scen/edge-full/log"
     start_edge_proxy edge-full "$scen" OTLP_PORT="$sink_port" METRICS_PORT="$metrics_port"
     for slot in "${slots[@]}"; do
         wait_http "http://127.0.0.1:${SLOT_PORT[$slot]}$path" 150 \
@@ -684,7 +685,7 @@ scenario_telemetry() {
     local counters
     counters=$(curl -s --max-time 2 "http://127.0.0.1:$metrics_port/metrics" \
         | grep -E '^edge_(access_log_dropped|otlp_spans_dropped)_total' | tr '\n' ' ')
-    echo "  edge-full drops: ${counters:-(metrics not readable)}; access log: $(wc -l <"$TMP/$scen/edge-full/access.log") lines"
+    echo "  edge-full drops: ${counters:-(metrics not readable)}; access log: $(wc -l <"$TMP/$scen/edge-full/log/access.log") lines"
 
     for slot in "${slots[@]}"; do
         stop_pid "${SLOT_PID[$slot]}"
@@ -696,8 +697,15 @@ scenario_telemetry() {
 }
 
 # name → function; "all" runs them in this order.
-SCENARIO_NAMES=(small gzip asset_cache telemetry)
+# sse: STREAMS (9800) concurrent SSE streams held HOLD (30) s through each proxy in turn,
+# with its own backend and client (target/release/examples/sse_bench); see bench/sse.sh.
+scenario_sse() {
+    EDGE_BIN="$EDGE_BIN" PROXY_CPU="$PROXY_CPU" LOAD_CPU="$LOAD_CPU" "$BENCH_DIR/sse.sh"
+}
+
+SCENARIO_NAMES=(small gzip asset_cache telemetry sse)
 declare -A SCENARIOS=(
+    [sse]=scenario_sse
     [telemetry]=scenario_telemetry
     [small]=scenario_small_get
     [gzip]=scenario_gzip

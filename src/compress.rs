@@ -7,11 +7,10 @@
 //! memory of a compressed response is deflate's window plus what one chunk produces,
 //! whatever the body size.
 
-use std::io::Write;
+use std::cell::RefCell;
 
 use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
+use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use http::{header, HeaderValue, Method, StatusCode, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -229,50 +228,142 @@ pub fn weak_etag(etag: &HeaderValue) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&weak).ok()
 }
 
+/// Idle deflate streams kept per worker thread. Making one allocates and clears about
+/// 300 KiB (window, hash chains); a reset one only clears its hash table. Bounded: at most
+/// this many per thread, the rest are freed.
+const POOL_PER_THREAD: usize = 4;
+
+/// gzip member header: deflate, no name, no mtime, OS = Unix (as nginx writes it).
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+
+/// Compressed output held back until this much is ready (or the body ends).
+const EMIT_MIN: usize = 8 * 1024;
+
+/// Spare room below which the output buffer grows before deflate writes into it.
+const MIN_SPARE: usize = 1024;
+
+thread_local! {
+    static POOL: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A reset raw-deflate stream of `level` from this thread's pool, or a new one.
+fn take_deflate(level: u32) -> Compress {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let found = pool.iter().position(|(l, _)| *l == level);
+        found.map(|i| pool.swap_remove(i).1)
+    })
+    .unwrap_or_else(|| Compress::new(Compression::new(level), false))
+}
+
+fn give_back(level: u32, mut deflate: Compress) {
+    deflate.reset();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_PER_THREAD {
+            pool.push((level, deflate));
+        }
+    });
+}
+
 /// A gzip encoder fed one body chunk at a time.
 ///
 /// Each chunk's compressed output replaces the chunk (possibly nothing yet: deflate emits
-/// when its block fills); the end of the stream writes the rest and the gzip trailer.
+/// when its block fills, and less than `EMIT_MIN` waits); the end of the stream writes the
+/// rest and the gzip trailer.
 /// Nothing is flushed per chunk, as nginx does not: SSE routes are never compressed.
+/// The deflate stream comes from, and goes back to, a per-thread pool.
 pub struct GzipStream {
-    encoder: GzEncoder<Vec<u8>>,
+    level: u32,
+    /// `None` only while being dropped.
+    deflate: Option<Compress>,
+    crc: Crc,
+    /// Output not handed out yet; starts with the gzip header.
+    out: Vec<u8>,
 }
 
 impl GzipStream {
     pub fn new(level: u32) -> Self {
+        let mut out = Vec::with_capacity(OUT_CAPACITY);
+        out.extend_from_slice(&GZIP_HEADER);
         GzipStream {
-            encoder: GzEncoder::new(Vec::with_capacity(OUT_CAPACITY), Compression::new(level)),
+            level,
+            deflate: Some(take_deflate(level)),
+            crc: Crc::new(),
+            out,
         }
     }
 
+    /// Replaces `body` with its compressed form (`None` when deflate has nothing to emit yet).
     pub fn filter(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> std::io::Result<()> {
-        if let Some(chunk) = body.as_deref() {
-            self.encoder.write_all(chunk)?;
-        }
-        if end_of_stream {
-            self.encoder.try_finish()?;
-        }
-        let out = self.encoder.get_mut();
-        *body = if out.is_empty() {
-            None
-        } else {
-            let next = Vec::with_capacity(OUT_CAPACITY.min(out.capacity()));
-            Some(Bytes::from(std::mem::replace(out, next)))
-        };
+        *body = self.push(body.as_deref().unwrap_or_default(), end_of_stream)?;
         Ok(())
+    }
+
+    fn push(&mut self, input: &[u8], end_of_stream: bool) -> std::io::Result<Option<Bytes>> {
+        self.crc.update(input);
+        self.deflate(input, FlushCompress::None)?;
+        if end_of_stream {
+            self.deflate(&[], FlushCompress::Finish)?;
+            self.out.extend_from_slice(&self.crc.sum().to_le_bytes());
+            self.out.extend_from_slice(&self.crc.amount().to_le_bytes());
+        }
+        // Small pieces wait for more: each one costs the client connection a write of its
+        // own (chunk framing, flush).
+        if self.out.is_empty() || (!end_of_stream && self.out.len() < EMIT_MIN) {
+            return Ok(None);
+        }
+        let next = if end_of_stream {
+            Vec::new()
+        } else {
+            Vec::with_capacity(OUT_CAPACITY)
+        };
+        Ok(Some(Bytes::from(std::mem::replace(&mut self.out, next))))
+    }
+
+    /// Runs deflate until it has taken all of `input` (and, on `Finish`, ended the stream),
+    /// growing the output buffer as needed.
+    fn deflate(&mut self, mut input: &[u8], flush: FlushCompress) -> std::io::Result<()> {
+        let Some(deflate) = self.deflate.as_mut() else {
+            return Err(std::io::Error::other("gzip stream already closed"));
+        };
+        loop {
+            if self.out.capacity() - self.out.len() < MIN_SPARE {
+                self.out.reserve(OUT_CAPACITY);
+            }
+            let before = deflate.total_in();
+            let status = deflate
+                .compress_vec(input, &mut self.out, flush)
+                .map_err(std::io::Error::other)?;
+            let consumed = usize::try_from(deflate.total_in() - before).unwrap_or(input.len());
+            input = input.get(consumed..).unwrap_or_default();
+            let room_left = self.out.len() < self.out.capacity();
+            let done = match flush {
+                FlushCompress::Finish => status == Status::StreamEnd,
+                _ => input.is_empty() && room_left,
+            };
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for GzipStream {
+    fn drop(&mut self) {
+        if let Some(deflate) = self.deflate.take() {
+            give_back(self.level, deflate);
+        }
     }
 }
 
 /// Compresses a whole body at once (the cached variant); `None` when gzip would not make
 /// it smaller.
 pub fn gzip_all(body: &[u8], level: u32) -> Option<Bytes> {
-    let mut encoder = GzEncoder::new(
-        Vec::with_capacity(body.len() / 3 + 64),
-        Compression::new(level),
-    );
-    encoder.write_all(body).ok()?;
-    let out = encoder.finish().ok()?;
-    (out.len() < body.len()).then(|| Bytes::from(out))
+    let mut stream = GzipStream::new(level);
+    stream.out.reserve(body.len() / 3);
+    let out = stream.push(body, true).ok()??;
+    (out.len() < body.len()).then_some(out)
 }
 
 #[cfg(test)]
@@ -459,6 +550,32 @@ mod tests {
             .read_to_string(&mut decoded)
             .expect("valid gzip");
         assert_eq!(decoded, "hello");
+    }
+
+    #[test]
+    fn deflate_streams_are_reused_and_the_pool_is_bounded() {
+        let pooled =
+            |level: u32| POOL.with(|p| p.borrow().iter().filter(|(l, _)| *l == level).count());
+        let streams: Vec<GzipStream> = (0..POOL_PER_THREAD + 2)
+            .map(|_| GzipStream::new(3))
+            .collect();
+        drop(streams);
+        assert_eq!(pooled(3), POOL_PER_THREAD);
+        // a reused stream, even one dropped half-way, starts clean
+        let mut half = GzipStream::new(3);
+        half.filter(&mut Some(Bytes::from_static(b"left over")), false)
+            .expect("filter");
+        drop(half);
+        for _ in 0..3 {
+            let gz = gzip_all("reused ".repeat(200).as_bytes(), 3).expect("smaller");
+            let mut decoded = String::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_string(&mut decoded)
+                .expect("valid gzip");
+            assert_eq!(decoded, "reused ".repeat(200));
+        }
+        assert_eq!(pooled(3), POOL_PER_THREAD);
+        assert_eq!(pooled(7), 0, "levels are kept apart");
     }
 
     #[test]

@@ -320,6 +320,12 @@ pub async fn serve_hit(session: &mut Session, ctx: &mut RequestCtx, entry: &Entr
         )
     };
     resp.insert_header(header::EXPIRES, expires_in_a_year())?;
+    // hidden by the route as it is now, should a reload have changed the list
+    if let Some(route) = ctx.proxy_route() {
+        for name in &route.hide_response_headers {
+            resp.remove_header(name);
+        }
+    }
     add_configured_headers(&mut resp, ctx)?;
     ctx.local_status = Some(resp.status.as_u16());
     session.write_response_header(resp, body.is_none()).await?;

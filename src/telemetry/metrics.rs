@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Method;
 use once_cell::sync::Lazy;
+use opentelemetry::metrics::{BoundHistogram, Histogram as OtelHistogram};
+use opentelemetry::KeyValue;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
@@ -82,6 +85,14 @@ impl MethodLabel {
             Method::PATCH => MethodLabel::Patch,
             Method::OPTIONS => MethodLabel::Options,
             _ => MethodLabel::Other,
+        }
+    }
+
+    /// `http.request.method` as the semantic conventions want it: `_OTHER` for the rest.
+    pub fn semconv(self) -> &'static str {
+        match self {
+            MethodLabel::Other => "_OTHER",
+            known => known.as_str(),
         }
     }
 
@@ -285,19 +296,59 @@ pub fn init() {
     Lazy::force(&FAMILIES);
 }
 
+/// Whether the request path counts into the per-request families: only when a
+/// `metrics.listen` is configured (at start; adding one needs a restart), so that a proxy
+/// without a scraper pays nothing per request.
+static COUNT_REQUESTS: AtomicBool = AtomicBool::new(false);
+
+/// Turns per-request counting on (the metrics listener is configured).
+pub fn count_requests() {
+    COUNT_REQUESTS.store(true, Ordering::Relaxed);
+}
+
+pub fn requests_counted() -> bool {
+    COUNT_REQUESTS.load(Ordering::Relaxed)
+}
+
+/// One handle per HTTP status, each made on first use; the table itself is allocated on
+/// first use too (a route sees a handful of statuses of one or two methods).
+struct StatusSlots<T>(OnceLock<Box<[OnceLock<T>]>>);
+
+impl<T> Default for StatusSlots<T> {
+    fn default() -> Self {
+        StatusSlots(OnceLock::new())
+    }
+}
+
+impl<T> StatusSlots<T> {
+    /// The handle of `status`; `None` for a number outside 100..=599, which the caller
+    /// handles uncached.
+    fn get(&self, status: u16, make: impl FnOnce() -> T) -> Option<&T> {
+        if !(STATUS_MIN..=STATUS_MAX).contains(&status) {
+            return None;
+        }
+        let slots = self
+            .0
+            .get_or_init(|| (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect());
+        Some(slots[usize::from(status - STATUS_MIN)].get_or_init(make))
+    }
+}
+
 /// One `(method, status)` series of a route.
 struct RequestSeries {
     total: IntCounter,
     duration: Histogram,
 }
 
-/// The handles of one route label, resolved once and shared by all its requests.
+/// The handles of one route label, resolved once and shared by all its requests:
+/// Prometheus series, OTLP histograms bound to their attributes, span names.
 pub struct RouteMetrics {
     name: Arc<str>,
     in_flight: IntGauge,
     body_bytes: IntCounter,
-    /// Per method, a table indexed by `status - 100`, both filled on first use.
-    series: [OnceLock<Box<[OnceLock<RequestSeries>]>>; MethodLabel::COUNT],
+    series: [StatusSlots<RequestSeries>; MethodLabel::COUNT],
+    otlp: [StatusSlots<BoundHistogram<f64>>; MethodLabel::COUNT],
+    span_names: [OnceLock<String>; MethodLabel::COUNT],
 }
 
 impl RouteMetrics {
@@ -308,12 +359,21 @@ impl RouteMetrics {
             in_flight: f.in_flight.with_label_values(&[name]),
             body_bytes: f.body_bytes.with_label_values(&[name]),
             series: Default::default(),
+            otlp: Default::default(),
+            span_names: Default::default(),
         }
     }
 
     /// The route label, shared (for OTLP attributes) without copying.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// `METHOD route`, the name of the route's SERVER spans.
+    pub fn span_name(&self, method: MethodLabel) -> String {
+        self.span_names[method.index()]
+            .get_or_init(|| format!("{} {}", method.semconv(), self.name))
+            .clone()
     }
 
     /// Counts a request in `edge_http_requests_in_flight` until the guard drops.
@@ -331,31 +391,72 @@ impl RouteMetrics {
         body_bytes: u64,
     ) {
         self.body_bytes.inc_by(body_bytes);
-        if !(STATUS_MIN..=STATUS_MAX).contains(&status) {
-            // Not an HTTP status: counted under its number without a cached slot.
-            let f = &*FAMILIES;
-            let labels = [&*self.name, method.as_str(), &status.to_string()];
-            f.requests.with_label_values(&labels).inc();
-            f.duration.with_label_values(&labels).observe(seconds);
-            return;
-        }
-        let table = self.series[method.index()].get_or_init(|| {
-            (0..STATUS_SLOTS)
-                .map(|_| OnceLock::new())
-                .collect::<Vec<_>>()
-                .into_boxed_slice()
-        });
-        let series = table[usize::from(status - STATUS_MIN)].get_or_init(|| {
-            let f = &*FAMILIES;
-            let labels = [&*self.name, method.as_str(), &status.to_string()];
+        let make = || {
+            let status = status.to_string();
+            let labels = [&*self.name, method.as_str(), status.as_str()];
             RequestSeries {
-                total: f.requests.with_label_values(&labels),
-                duration: f.duration.with_label_values(&labels),
+                total: FAMILIES.requests.with_label_values(&labels),
+                duration: FAMILIES.duration.with_label_values(&labels),
             }
-        });
+        };
+        let cached = self.series[method.index()].get(status, make);
+        let uncached;
+        let series = match cached {
+            Some(series) => series,
+            None => {
+                uncached = make();
+                &uncached
+            }
+        };
         series.total.inc();
         series.duration.observe(seconds);
     }
+
+    /// Records `http.server.request.duration` through a histogram bound to the route's
+    /// attributes (resolving attributes per call was the costliest part of OTLP metrics).
+    pub fn record_otlp(
+        &self,
+        histogram: &OtelHistogram<f64>,
+        method: MethodLabel,
+        status: u16,
+        seconds: f64,
+    ) {
+        record_bound(
+            &self.otlp[method.index()],
+            histogram,
+            seconds,
+            || duration_attributes(method, status, "http.route", &self.name),
+            status,
+        );
+    }
+}
+
+/// Records into the bound histogram of `status`, binding it on first use.
+fn record_bound(
+    slots: &StatusSlots<BoundHistogram<f64>>,
+    histogram: &OtelHistogram<f64>,
+    seconds: f64,
+    attributes: impl Fn() -> [KeyValue; 3],
+    status: u16,
+) {
+    match slots.get(status, || histogram.bind(&attributes())) {
+        Some(bound) => bound.record(seconds),
+        None => histogram.record(seconds, &attributes()),
+    }
+}
+
+/// The attributes of `http.server.request.duration` / `http.client.request.duration`.
+fn duration_attributes(
+    method: MethodLabel,
+    status: u16,
+    name_key: &'static str,
+    name: &Arc<str>,
+) -> [KeyValue; 3] {
+    [
+        KeyValue::new("http.request.method", method.semconv()),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+        KeyValue::new(name_key, name.clone()),
+    ]
 }
 
 /// A request in flight on a route; a guard, so that a request that ends in an unusual
@@ -378,7 +479,8 @@ impl Drop for InFlight {
 pub struct UpstreamMetrics {
     name: Arc<str>,
     duration: Histogram,
-    by_status: Box<[OnceLock<IntCounter>]>,
+    requests: StatusSlots<IntCounter>,
+    otlp: [StatusSlots<BoundHistogram<f64>>; MethodLabel::COUNT],
 }
 
 impl UpstreamMetrics {
@@ -386,31 +488,40 @@ impl UpstreamMetrics {
         UpstreamMetrics {
             name: Arc::from(name),
             duration: FAMILIES.upstream_duration.with_label_values(&[name]),
-            by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            requests: StatusSlots::default(),
+            otlp: Default::default(),
         }
-    }
-
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
     }
 
     /// Counts one upstream exchange: its status (502/504 when it failed) and its duration.
     pub fn record(&self, status: u16, seconds: f64) {
         self.duration.observe(seconds);
-        let counter = (STATUS_MIN..=STATUS_MAX).contains(&status).then(|| {
-            self.by_status[usize::from(status - STATUS_MIN)].get_or_init(|| {
-                FAMILIES
-                    .upstream_requests
-                    .with_label_values(&[&*self.name, &status.to_string()])
-            })
-        });
-        match counter {
-            Some(counter) => counter.inc(),
-            None => FAMILIES
+        let counter = || {
+            FAMILIES
                 .upstream_requests
                 .with_label_values(&[&*self.name, &status.to_string()])
-                .inc(),
+        };
+        match self.requests.get(status, counter) {
+            Some(counter) => counter.inc(),
+            None => counter().inc(),
         }
+    }
+
+    /// Records `http.client.request.duration` (bound, as for routes).
+    pub fn record_otlp(
+        &self,
+        histogram: &OtelHistogram<f64>,
+        method: MethodLabel,
+        status: u16,
+        seconds: f64,
+    ) {
+        record_bound(
+            &self.otlp[method.index()],
+            histogram,
+            seconds,
+            || duration_attributes(method, status, "server.address", &self.name),
+            status,
+        );
     }
 }
 
@@ -606,6 +717,15 @@ mod tests {
         assert!(text.contains(
             "edge_http_request_duration_seconds_bucket{method=\"GET\",route=\"t-count\",status=\"200\",le=\"1800\"} 1"
         ));
+    }
+
+    #[test]
+    fn methods_fold_to_a_fixed_set() {
+        let propfind = Method::from_bytes(b"PROPFIND").expect("method");
+        assert_eq!(MethodLabel::of(&propfind).as_str(), "OTHER");
+        assert_eq!(MethodLabel::of(&propfind).semconv(), "_OTHER");
+        assert_eq!(MethodLabel::of(&Method::PATCH).semconv(), "PATCH");
+        assert_eq!(route("t-span").span_name(MethodLabel::Post), "POST t-span");
     }
 
     #[test]

@@ -10,33 +10,37 @@
 //! The process-wide parts (the access-log writer, the OTLP pipelines and the small tokio
 //! runtime their background work runs on) are created once by [`init`] and kept in a
 //! static: hooks run in Pingora's phases, far from `server::run`, and a static costs the
-//! request path one atomic load. Before [`init`] (unit tests) the hooks still count
-//! Prometheus metrics and skip the rest.
+//! request path one atomic load. What is off costs nothing per request: no `[metrics]`
+//! listener, no per-request counting; no OTLP, no span; `access_log.path = "off"`, no line.
+//! Before [`init`] (unit tests) everything is off.
 
 pub mod access_log;
 pub mod metrics;
 mod otlp;
 mod settings;
+mod text;
 pub mod traces;
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::metrics::Histogram;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{LogTarget, OtlpProtocol};
+use crate::config::{LogFormat, LogTarget, OtlpProtocol};
 use crate::proxy::{RequestCtx, RequestKind};
 use crate::state::SharedState;
 use access_log::{AccessLog, Entry};
-use metrics::{InFlight, MethodLabel};
+use metrics::{InFlight, MethodLabel, RouteMetrics};
 use otlp::Otlp;
 use traces::{ServerRequest, ServerSpan, TRACEPARENT, TRACESTATE};
 
 pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
+
+static X_FORWARDED_FOR: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-forwarded-for");
 
 /// How long the exit may wait for the last access-log lines and OTLP exports.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -64,6 +68,10 @@ fn otlp_pipeline() -> Option<&'static Otlp> {
 pub fn init(state: &SharedState) -> anyhow::Result<()> {
     metrics::init();
     metrics::record_config_loaded();
+    let snapshot = state.load_full();
+    if snapshot.config.metrics_listen.is_some() {
+        metrics::count_requests();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("telemetry")
@@ -74,7 +82,6 @@ pub fn init(state: &SharedState) -> anyhow::Result<()> {
         let _enter = runtime.enter();
         signal(SignalKind::user_defined1())?
     };
-    let snapshot = state.load_full();
     let otlp = match settings::resolve(&snapshot.config.telemetry, &|name| std::env::var(name).ok())
     {
         None => None,
@@ -159,24 +166,31 @@ impl RequestTelemetry {
 /// `request_filter`, once `ctx.kind` and the route are known: the in-flight gauge, and
 /// for proxied requests the SERVER span (a child of the client's `traceparent`).
 pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
-    let route = metrics::route(ctx.route_label());
-    if ctx.kind == RequestKind::Proxied {
-        if let Some(otlp) = otlp_pipeline() {
-            let req = session.req_header();
-            ctx.telemetry.span = Some(ServerSpan::start(
-                &otlp.tracer,
-                &ServerRequest {
-                    method: &req.method,
-                    path: req.uri.path(),
-                    route: route.name(),
-                    headers: &req.headers,
-                    client: client_ip(session),
-                    host: host(req),
-                },
-            ));
-        }
+    let prometheus = metrics::requests_counted();
+    let otlp = otlp_pipeline();
+    if !prometheus && otlp.is_none() {
+        return;
     }
-    ctx.telemetry.in_flight = Some(route.enter());
+    let route = metrics::route(ctx.route_label());
+    if let (Some(otlp), RequestKind::Proxied) = (otlp, ctx.kind) {
+        let req = session.req_header();
+        let method = MethodLabel::of(&req.method);
+        ctx.telemetry.span = Some(ServerSpan::start(
+            &otlp.tracer,
+            &ServerRequest {
+                method,
+                name: route.span_name(method),
+                path: req.uri.path(),
+                route: route.name(),
+                headers: &req.headers,
+                client: client_ip(session),
+                host: host(req),
+            },
+        ));
+    }
+    if prometheus {
+        ctx.telemetry.in_flight = Some(route.enter());
+    }
 }
 
 /// `upstream_peer`: the upstream exchange starts (kept from the first attempt).
@@ -206,91 +220,56 @@ pub fn inject_trace_context(
 /// route opens a stream in `edge_sse_streams_active`.
 pub fn upstream_responded(ctx: &mut RequestCtx, status: u16) {
     ctx.telemetry.upstream_status = Some(status);
-    if (200..300).contains(&status) && ctx.proxy_route().is_some_and(|r| r.sse) {
+    if metrics::requests_counted()
+        && (200..300).contains(&status)
+        && ctx.proxy_route().is_some_and(|r| r.sse)
+    {
         ctx.telemetry.sse = Some(metrics::sse_stream_opened(ctx.route_label()));
     }
 }
 
+/// What is known about a request when it ends.
+struct Finished {
+    method: MethodLabel,
+    status: u16,
+    elapsed: Duration,
+    body_bytes: u64,
+    /// From the first upstream attempt to now, when there was one.
+    upstream_time: Option<Duration>,
+}
+
 /// `logging`, once per request at its very end (SSE: when the stream ends): metrics,
 /// access-log line, span. `status` is what the client got (499 when it left first).
+/// With every kind of telemetry off it returns after three loads.
 pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
-    let elapsed = ctx.started.elapsed();
-    let seconds = elapsed.as_secs_f64();
-    let req = session.req_header();
-    let method = MethodLabel::of(&req.method);
-    let body_bytes = u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX);
     let in_flight = ctx.telemetry.in_flight.take();
     ctx.telemetry.sse = None;
-    let route = match &in_flight {
-        Some(in_flight) => in_flight.route().clone(),
-        None => metrics::route(ctx.route_label()),
-    };
-    route.request_finished(method, status, seconds, body_bytes);
-    let otlp = otlp_pipeline();
-    if let Some(otlp) = otlp {
-        record_duration(
-            &otlp.server_duration,
-            method,
-            status,
-            "http.route",
-            route.name(),
-            seconds,
-        );
-    }
-
-    let upstream_time = ctx.telemetry.upstream_started.map(|t| t.elapsed());
-    if let (Some(upstream), Some(time)) = (&ctx.upstream, upstream_time) {
-        // No upstream answer: a 502/504 is the upstream's failure; anything else (the
-        // client left first) says nothing about the upstream.
-        let upstream_status = ctx
-            .telemetry
-            .upstream_status
-            .or(matches!(status, 502 | 504).then_some(status));
-        if let Some(upstream_status) = upstream_status {
-            let handles = metrics::upstream(&upstream.name);
-            handles.record(upstream_status, time.as_secs_f64());
-            if let Some(otlp) = otlp {
-                record_duration(
-                    &otlp.client_duration,
-                    method,
-                    upstream_status,
-                    "server.address",
-                    handles.name(),
-                    time.as_secs_f64(),
-                );
-            }
-        }
-    }
-
     let span = ctx.telemetry.span.take();
-    if ctx.kind != RequestKind::Health && ctx.snapshot.config.access_log.target != LogTarget::Off {
-        if let Some(t) = global() {
-            let header = |name: http::header::HeaderName| {
-                req.headers.get(name).map(http::HeaderValue::as_bytes)
-            };
-            let entry = Entry {
-                remote_addr: client_ip(session),
-                authorization: header(http::header::AUTHORIZATION),
-                method: req.method.as_str(),
-                target: req.raw_path(),
-                version: req.version,
-                status,
-                body_bytes_sent: body_bytes,
-                referer: header(http::header::REFERER),
-                user_agent: header(http::header::USER_AGENT),
-                x_forwarded_for: header(http::header::HeaderName::from_static("x-forwarded-for")),
-                request_time: elapsed,
-                upstream_response_time: upstream_time,
-                upstream_addr: ctx.peer,
-                route: route.name().as_ref(),
-                trace_id: span
-                    .as_ref()
-                    .map(|s| s.span_context().trace_id().to_string()),
-            };
-            let format = ctx.snapshot.config.access_log.format;
-            t.access_log
-                .write(access_log::format_line(format, &entry, SystemTime::now()));
-        }
+    let prometheus = metrics::requests_counted();
+    let otlp = otlp_pipeline();
+    let logs =
+        ctx.kind != RequestKind::Health && ctx.snapshot.config.access_log.target != LogTarget::Off;
+    let access_log = global().filter(|_| logs).map(|t| &t.access_log);
+    if !prometheus && otlp.is_none() && access_log.is_none() {
+        return;
+    }
+    let finished = Finished {
+        method: MethodLabel::of(&session.req_header().method),
+        status,
+        elapsed: ctx.started.elapsed(),
+        body_bytes: u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX),
+        upstream_time: ctx.telemetry.upstream_started.map(|t| t.elapsed()),
+    };
+    if prometheus || otlp.is_some() {
+        let route = match &in_flight {
+            Some(in_flight) => in_flight.route().clone(),
+            None => metrics::route(ctx.route_label()),
+        };
+        record_metrics(ctx, &route, &finished, prometheus, otlp);
+    }
+    if let Some(access_log) = access_log {
+        let trace_id = span.as_ref().map(|s| s.span_context().trace_id());
+        write_log_line(session, ctx, &finished, trace_id, access_log);
     }
     if let Some(span) = span {
         span.finish(status, ctx.peer);
@@ -298,18 +277,74 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
     drop(in_flight);
 }
 
-fn record_duration(
-    histogram: &Histogram<f64>,
-    method: MethodLabel,
-    status: u16,
-    name_key: &'static str,
-    name: &Arc<str>,
-    seconds: f64,
+/// Prometheus (when its listener is on) and OTLP metrics of a finished request.
+fn record_metrics(
+    ctx: &RequestCtx,
+    route: &RouteMetrics,
+    f: &Finished,
+    prometheus: bool,
+    otlp: Option<&Otlp>,
 ) {
-    histogram.record(
-        seconds,
-        &otlp::duration_attributes(method.as_str(), status, name_key, name),
-    );
+    let seconds = f.elapsed.as_secs_f64();
+    if prometheus {
+        route.request_finished(f.method, f.status, seconds, f.body_bytes);
+    }
+    if let Some(otlp) = otlp {
+        route.record_otlp(&otlp.server_duration, f.method, f.status, seconds);
+    }
+    let (Some(upstream), Some(time)) = (&ctx.upstream, f.upstream_time) else {
+        return;
+    };
+    // No upstream answer: a 502/504 is the upstream's failure; anything else (the client
+    // left first) says nothing about the upstream.
+    let upstream_status = ctx
+        .telemetry
+        .upstream_status
+        .or(matches!(f.status, 502 | 504).then_some(f.status));
+    let Some(upstream_status) = upstream_status else {
+        return;
+    };
+    let handles = metrics::upstream(&upstream.name);
+    let seconds = time.as_secs_f64();
+    if prometheus {
+        handles.record(upstream_status, seconds);
+    }
+    if let Some(otlp) = otlp {
+        handles.record_otlp(&otlp.client_duration, f.method, upstream_status, seconds);
+    }
+}
+
+fn write_log_line(
+    session: &Session,
+    ctx: &RequestCtx,
+    f: &Finished,
+    trace_id: Option<opentelemetry::trace::TraceId>,
+    access_log: &AccessLog,
+) {
+    let req = session.req_header();
+    let header = |name: &http::header::HeaderName| req.headers.get(name).map(|v| v.as_bytes());
+    let format = ctx.snapshot.config.access_log.format;
+    let entry = Entry {
+        remote_addr: client_ip(session),
+        authorization: header(&http::header::AUTHORIZATION),
+        method: req.method.as_str(),
+        target: req.raw_path(),
+        version: req.version,
+        status: f.status,
+        body_bytes_sent: f.body_bytes,
+        referer: header(&http::header::REFERER),
+        user_agent: header(&http::header::USER_AGENT),
+        x_forwarded_for: header(&X_FORWARDED_FOR),
+        request_time: f.elapsed,
+        upstream_response_time: f.upstream_time,
+        upstream_addr: ctx.peer,
+        route: ctx.route_label(),
+        // Only the JSON format has the field.
+        trace_id: trace_id
+            .filter(|_| format == LogFormat::Json)
+            .map(|id| text::hex(&id.to_bytes())),
+    };
+    access_log.write(access_log::format_line(format, &entry, SystemTime::now()));
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -320,11 +355,15 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
 }
 
 /// `server.address`: the host the client asked for, without the port.
-fn host(req: &RequestHeader) -> Option<String> {
+fn host(req: &RequestHeader) -> Option<&str> {
     if let Some(host) = req.uri.host() {
-        return Some(host.to_owned());
+        return Some(host);
     }
     let host = req.headers.get(http::header::HOST)?.to_str().ok()?;
-    let authority: http::uri::Authority = host.parse().ok()?;
-    Some(authority.host().to_owned())
+    let host = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(v6) => &host[..v6.find(']').map_or(host.len(), |end| end + 2)],
+        None => host.split(':').next().unwrap_or(host),
+    };
+    (!host.is_empty()).then_some(host)
 }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use opentelemetry::metrics::{Histogram, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::Context;
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -357,20 +357,6 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
     }
-}
-
-/// The attributes of `http.server.request.duration` / `http.client.request.duration`.
-pub fn duration_attributes(
-    method: &'static str,
-    status: u16,
-    route_key: &'static str,
-    route: &Arc<str>,
-) -> [KeyValue; 3] {
-    [
-        KeyValue::new("http.request.method", method),
-        KeyValue::new("http.response.status_code", i64::from(status)),
-        KeyValue::new(route_key, route.clone()),
-    ]
 }
 
 #[cfg(test)]
