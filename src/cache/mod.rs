@@ -148,7 +148,9 @@ impl AssetCache {
 /// host + normalised path + query. A host never contains `/`, a path always starts with
 /// it, and `?` is only there when the request had a query: no two requests share a key.
 fn cache_key(req: &RequestHeader, normalized_path: &str) -> String {
-    let mut key = host_without_port(req).unwrap_or_default();
+    let mut key = host_without_port(req)
+        .map(|h| h.into_owned())
+        .unwrap_or_default();
     let query = req.uri.query();
     key.reserve(normalized_path.len() + query.map_or(0, |q| q.len() + 1));
     key.push_str(normalized_path);

@@ -230,7 +230,10 @@ impl ProxyHttp for EdgeProxy {
         let client = session.req_header();
         ClientIdentity::of(session).apply(client, upstream_request)?;
         if let Some(host) = host_without_port(client) {
-            upstream_request.insert_header(header::HOST, host)?;
+            // Usually the client's Host already is `$host`: then the copy upstream keeps it.
+            if client.headers.get(header::HOST).map(|h| h.as_bytes()) != Some(host.as_bytes()) {
+                upstream_request.insert_header(header::HOST, host.into_owned())?;
+            }
         }
         if let Some(uri) = ctx.upstream_uri.take() {
             upstream_request.set_uri(uri);
