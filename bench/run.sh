@@ -23,6 +23,8 @@
 #                     to be idle (others' builds distort results); 0 = don't wait
 #   RESULTS_DIR=      if set, the raw per-run TSV is copied there
 #   KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
+#   BASELINE=bare     slot A runs a bare Pingora pass-through (examples/bare_proxy.rs)
+#                     instead of nginx: the price of astron-edge's own work (small only)
 #
 # --self-test runs a second nginx in the astron-edge slot: the harness is
 # checked end to end and the ratios must come out close to 1.0.
@@ -53,6 +55,7 @@ USED_PORTS=" "
 
 # Slots: A is always nginx; B is astron-edge (or a second nginx with --self-test).
 SLOT_A_NAME=nginx
+[[ ${BASELINE:-nginx} == bare ]] && SLOT_A_NAME=bare
 SLOT_B_NAME=edge
 declare -A SLOT_PID=() SLOT_PORT=() SLOT_KIND=()
 
@@ -419,10 +422,28 @@ start_edge_proxy() {  # start_edge_proxy SLOT SCENARIO [KEY=VALUE...] (extra tem
     SLOT_KIND[$slot]=edge
 }
 
+# The bare Pingora pass-through (examples/bare_proxy.rs) in slot A, with BASELINE=bare:
+# what astron-edge's own work costs on top of Pingora.
+start_bare_proxy() {  # start_bare_proxy SLOT
+    local slot=$1 port bin="$REPO_DIR/target/release/examples/bare_proxy"
+    [[ -x $bin ]] || (cd "$REPO_DIR" && cargo build --release --example bare_proxy) || die "cannot build bare_proxy"
+    port=$(free_port)
+    mkdir -p "$TMP/bare"
+    pinned "$PROXY_CPU" "$bin" "127.0.0.1:$port" "127.0.0.1:$BACKEND_PORT" >"$TMP/bare/out.log" 2>&1 &
+    SLOT_PID[$slot]=$!
+    PIDS+=("$!")
+    SLOT_PORT[$slot]=$port
+    SLOT_KIND[$slot]=bare-pingora
+}
+
 # start_pair SCENARIO PATH — both proxies up, both checked on PATH.
 start_pair() {
     local scen=$1 path=$2 slot
-    start_nginx_proxy "$SLOT_A_NAME" "$scen"
+    if [[ ${BASELINE:-nginx} == bare ]]; then
+        start_bare_proxy "$SLOT_A_NAME"
+    else
+        start_nginx_proxy "$SLOT_A_NAME" "$scen"
+    fi
     if [[ $SELF_TEST == 1 ]]; then
         start_nginx_proxy "$SLOT_B_NAME" "$scen"
         # still make sure the edge template renders to valid TOML

@@ -490,6 +490,48 @@ upstream = "app"
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_spans_and_metrics_are_flushed_at_shutdown() {
+    let (collector, addr) = start_collector().await;
+    let app = Backend::echo().await;
+    let auth = Backend::start(|_| async { text_response(200, "ok") }).await;
+    // Nothing is exported on a schedule within the test: only the shutdown flush can.
+    let config = config(&format!("http://{addr}"), "grpc", app.addr, auth.addr)
+        .replace("metrics_interval = \"300ms\"", "metrics_interval = \"10m\"");
+    let mut proxy =
+        Proxy::start_with_env(&config, &[("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "600000")]);
+    let response = common::client()
+        .get(proxy.url("/api/last"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let logged_before_exit = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(proxy.dir().join("access.log")).is_ok_and(|t| !t.is_empty())
+    })
+    .await;
+    assert!(logged_before_exit);
+    assert!(collector.spans().is_empty(), "exported before the shutdown");
+
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "did not exit cleanly: {status:?}\n{}",
+        proxy.stderr()
+    );
+    assert!(
+        collector.span_named("GET api").is_some(),
+        "the pending span was not flushed at exit"
+    );
+    assert!(
+        !collector
+            .metric_points("http.server.request.duration")
+            .is_empty(),
+        "the metrics were not flushed at exit"
+    );
+}
+
 /// 200 requests through a proxy whose collector is `collector`: all succeed, none slowly,
 /// and SIGTERM still ends the process within its bounds. Returns the spans the bounded
 /// export queue dropped.

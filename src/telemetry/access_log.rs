@@ -7,7 +7,7 @@
 //! `edge_access_log_dropped_total` rather than waiting.
 //!
 //! The writer drains the channel in batches (one `write` per batch) and then lingers a
-//! couple of milliseconds before looking again, so under load a request almost never has
+//! few milliseconds before looking again, so under load a request almost never has
 //! to wake it: the cost of a line on the request path is its formatting and a lock-free
 //! enqueue.
 
@@ -24,13 +24,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use http::Version;
 
+use super::text;
 use crate::config::{LogFormat, LogTarget};
 use crate::state::SharedState;
 
 /// Lines that may wait for the writer; beyond this they are dropped (and counted).
 const QUEUE_LINES: usize = 16 * 1024;
-/// How long the writer waits after a batch so that the next one is larger.
-const LINGER: Duration = Duration::from_millis(2);
+/// How long the writer waits after a batch so that the next one is larger: at most this
+/// late on disk, a line costs the request path no wake-up of the writer under load.
+const LINGER: Duration = Duration::from_millis(10);
 /// Output buffer of the writer: one `write` per batch up to this size.
 const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -72,9 +74,7 @@ pub fn format_line(format: LogFormat, entry: &Entry<'_>, now: SystemTime) -> Str
 /// "$http_referer" "$http_user_agent" "$http_x_forwarded_for"`.
 fn format_main(out: &mut String, e: &Entry<'_>, now: SystemTime) {
     match e.remote_addr {
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
+        Some(ip) => text::push_ip(out, ip),
         None => out.push('-'),
     }
     out.push_str(" - ");
@@ -90,7 +90,11 @@ fn format_main(out: &mut String, e: &Entry<'_>, now: SystemTime) {
     push_nginx_escaped(out, e.target);
     out.push(' ');
     out.push_str(version_str(e.version));
-    let _ = write!(out, "\" {} {} \"", e.status, e.body_bytes_sent);
+    out.push_str("\" ");
+    text::push_u64(out, u64::from(e.status));
+    out.push(' ');
+    text::push_u64(out, e.body_bytes_sent);
+    out.push_str(" \"");
     push_nginx_field(out, e.referer);
     out.push_str("\" \"");
     push_nginx_field(out, e.user_agent);
@@ -110,7 +114,9 @@ fn format_json(out: &mut String, e: &Entry<'_>, now: SystemTime) {
     out.push_str("\",\"remote_addr\":");
     match e.remote_addr {
         Some(ip) => {
-            let _ = write!(out, "\"{ip}\"");
+            out.push('"');
+            text::push_ip(out, ip);
+            out.push('"');
         }
         None => out.push_str("null"),
     }

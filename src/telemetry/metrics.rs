@@ -12,6 +12,7 @@
 //! is a few atomic operations.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -52,6 +53,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "edge_access_log_dropped_total",
     "edge_otlp_spans_dropped_total",
 ];
+
+/// Server addresses remembered per upstream for span attributes.
+const MAX_PEER_NAMES: usize = 64;
 
 /// Statuses with a pre-resolved slot: every valid HTTP status code.
 const STATUS_MIN: u16 = 100;
@@ -149,8 +153,8 @@ struct Families {
     last_reload_success: Gauge,
     access_log_dropped: IntCounter,
     spans_dropped: IntCounter,
-    routes: ArcSwap<HashMap<Box<str>, Arc<RouteMetrics>>>,
-    upstreams: ArcSwap<HashMap<Box<str>, Arc<UpstreamMetrics>>>,
+    routes: NameCache<RouteMetrics>,
+    upstreams: NameCache<UpstreamMetrics>,
 }
 
 /// Registers one collector; the definitions are constants, so a failure is a programming
@@ -481,6 +485,8 @@ pub struct UpstreamMetrics {
     duration: Histogram,
     requests: StatusSlots<IntCounter>,
     otlp: [StatusSlots<BoundHistogram<f64>>; MethodLabel::COUNT],
+    /// `address:port` of the servers seen, for span attributes without formatting.
+    peers: ArcSwap<Vec<(SocketAddr, Arc<str>)>>,
 }
 
 impl UpstreamMetrics {
@@ -490,7 +496,28 @@ impl UpstreamMetrics {
             duration: FAMILIES.upstream_duration.with_label_values(&[name]),
             requests: StatusSlots::default(),
             otlp: Default::default(),
+            peers: ArcSwap::default(),
         }
+    }
+
+    /// `address:port` of one of this upstream's servers, formatted once per server (up to
+    /// [`MAX_PEER_NAMES`]; an upstream whose name resolves to ever new addresses formats
+    /// the rest each time).
+    pub fn peer_name(&self, peer: SocketAddr) -> Arc<str> {
+        if let Some((_, name)) = self.peers.load().iter().find(|(p, _)| *p == peer) {
+            return name.clone();
+        }
+        let name: Arc<str> = super::text::socket_addr_string(peer).into();
+        if self.peers.load().len() < MAX_PEER_NAMES {
+            self.peers.rcu(|peers| {
+                let mut peers = Vec::clone(peers);
+                if !peers.iter().any(|(p, _)| *p == peer) {
+                    peers.push((peer, name.clone()));
+                }
+                peers
+            });
+        }
+        name
     }
 
     /// Counts one upstream exchange: its status (502/504 when it failed) and its duration.
@@ -525,19 +552,44 @@ impl UpstreamMetrics {
     }
 }
 
+/// FNV-1a for the name caches: their keys are route and upstream names from the config,
+/// never from clients, so a fast hash without flooding protection is the right trade.
+#[derive(Clone, Copy, Default)]
+pub struct Fnv;
+
+pub struct FnvHasher(u64);
+
+impl BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type NameCache<T> = ArcSwap<HashMap<Box<str>, Arc<T>, Fnv>>;
+
 /// Looks a name up in a copy-on-write cache; inserting is rare (once per name).
-fn cached<T>(
-    cache: &ArcSwap<HashMap<Box<str>, Arc<T>>>,
-    name: &str,
-    make: impl Fn(&str) -> T,
-) -> Arc<T> {
+fn cached<T>(cache: &NameCache<T>, name: &str, make: impl Fn(&str) -> T) -> Arc<T> {
     if let Some(found) = cache.load().get(name) {
         return found.clone();
     }
     let made = Arc::new(make(name));
     let mut result = made.clone();
     cache.rcu(|map| {
-        let mut map = HashMap::clone(map);
+        let mut map = HashMap::clone(&**map);
         result = map
             .entry(name.into())
             .or_insert_with(|| made.clone())
@@ -732,6 +784,10 @@ mod tests {
     fn handles_are_shared_per_name() {
         assert!(Arc::ptr_eq(&route("t-shared"), &route("t-shared")));
         assert!(Arc::ptr_eq(&upstream("t-shared"), &upstream("t-shared")));
+        let peer: SocketAddr = "10.0.0.7:8080".parse().expect("addr");
+        let name = upstream("t-shared").peer_name(peer);
+        assert_eq!(&*name, "10.0.0.7:8080");
+        assert!(Arc::ptr_eq(&name, &upstream("t-shared").peer_name(peer)));
     }
 
     #[test]

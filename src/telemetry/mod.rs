@@ -22,7 +22,7 @@ mod text;
 pub mod traces;
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use pingora::http::RequestHeader;
@@ -33,9 +33,9 @@ use crate::config::{LogFormat, LogTarget, OtlpProtocol};
 use crate::proxy::{RequestCtx, RequestKind};
 use crate::state::SharedState;
 use access_log::{AccessLog, Entry};
-use metrics::{InFlight, MethodLabel, RouteMetrics};
+use metrics::{InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use otlp::Otlp;
-use traces::{ServerRequest, ServerSpan, TRACEPARENT, TRACESTATE};
+use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
 pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
 
@@ -145,10 +145,14 @@ pub fn shutdown() {
 /// What telemetry carries from phase to phase of one request.
 #[derive(Default)]
 pub struct RequestTelemetry {
-    /// Set by [`request_started`]: the route's handles, counted in flight.
+    /// The route's handles, set by [`request_started`] when metrics or traces are on.
+    route: Option<Arc<RouteMetrics>>,
+    /// Counted in `edge_http_requests_in_flight` (Prometheus on) until dropped.
     in_flight: Option<InFlight>,
     /// An open SSE stream (2xx answer on an `sse` route), counted until the request ends.
     sse: Option<SseStreamGuard>,
+    /// The client's address, looked up once.
+    client: Option<IpAddr>,
     /// First upstream attempt (name resolution included).
     upstream_started: Option<Instant>,
     /// Status of the upstream's response header.
@@ -172,25 +176,27 @@ pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
         return;
     }
     let route = metrics::route(ctx.route_label());
+    ctx.telemetry.client = client_ip(session);
     if let (Some(otlp), RequestKind::Proxied) = (otlp, ctx.kind) {
         let req = session.req_header();
         let method = MethodLabel::of(&req.method);
         ctx.telemetry.span = Some(ServerSpan::start(
             &otlp.tracer,
-            &ServerRequest {
+            ServerRequest {
                 method,
                 name: route.span_name(method),
                 path: req.uri.path(),
                 route: route.name(),
                 headers: &req.headers,
-                client: client_ip(session),
+                client: ctx.telemetry.client,
                 host: host(req),
             },
         ));
     }
     if prometheus {
-        ctx.telemetry.in_flight = Some(route.enter());
+        ctx.telemetry.in_flight = Some(route.clone().enter());
     }
+    ctx.telemetry.route = Some(route);
 }
 
 /// `upstream_peer`: the upstream exchange starts (kept from the first attempt).
@@ -207,9 +213,11 @@ pub fn inject_trace_context(
     upstream_request: &mut RequestHeader,
 ) -> pingora::Result<()> {
     if let Some(span) = &ctx.telemetry.span {
-        upstream_request.remove_header(&TRACEPARENT);
-        upstream_request.remove_header(&TRACESTATE);
-        for (name, value) in traces::trace_headers(span.span_context()) {
+        let headers = traces::trace_headers(span.span_context());
+        if !headers.iter().any(|(name, _)| name == TRACESTATE) {
+            upstream_request.remove_header(&TRACESTATE);
+        }
+        for (name, value) in headers {
             upstream_request.insert_header(name, value)?;
         }
     }
@@ -253,26 +261,35 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
     if !prometheus && otlp.is_none() && access_log.is_none() {
         return;
     }
+    let req = session.req_header();
     let finished = Finished {
-        method: MethodLabel::of(&session.req_header().method),
+        method: MethodLabel::of(&req.method),
         status,
         elapsed: ctx.started.elapsed(),
         body_bytes: u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX),
         upstream_time: ctx.telemetry.upstream_started.map(|t| t.elapsed()),
     };
+    if let Some(access_log) = access_log {
+        write_log_line(session, ctx, &finished, span.as_ref(), access_log);
+    }
     if prometheus || otlp.is_some() {
-        let route = match &in_flight {
-            Some(in_flight) => in_flight.route().clone(),
+        let route = match ctx.telemetry.route.take() {
+            Some(route) => route,
             None => metrics::route(ctx.route_label()),
         };
-        record_metrics(ctx, &route, &finished, prometheus, otlp);
-    }
-    if let Some(access_log) = access_log {
-        let trace_id = span.as_ref().map(|s| s.span_context().trace_id());
-        write_log_line(session, ctx, &finished, trace_id, access_log);
-    }
-    if let Some(span) = span {
-        span.finish(status, ctx.peer);
+        let upstream = ctx.upstream.as_ref().map(|u| metrics::upstream(&u.name));
+        record_metrics(
+            ctx,
+            &route,
+            upstream.as_deref(),
+            &finished,
+            prometheus,
+            otlp,
+        );
+        if let Some(span) = span {
+            let peer = ctx.peer.zip(upstream.as_deref());
+            span.finish(status, peer.map(|(peer, u)| u.peer_name(peer)));
+        }
     }
     drop(in_flight);
 }
@@ -281,6 +298,7 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
 fn record_metrics(
     ctx: &RequestCtx,
     route: &RouteMetrics,
+    upstream: Option<&UpstreamMetrics>,
     f: &Finished,
     prometheus: bool,
     otlp: Option<&Otlp>,
@@ -292,7 +310,7 @@ fn record_metrics(
     if let Some(otlp) = otlp {
         route.record_otlp(&otlp.server_duration, f.method, f.status, seconds);
     }
-    let (Some(upstream), Some(time)) = (&ctx.upstream, f.upstream_time) else {
+    let (Some(upstream), Some(time)) = (upstream, f.upstream_time) else {
         return;
     };
     // No upstream answer: a 502/504 is the upstream's failure; anything else (the client
@@ -304,13 +322,12 @@ fn record_metrics(
     let Some(upstream_status) = upstream_status else {
         return;
     };
-    let handles = metrics::upstream(&upstream.name);
     let seconds = time.as_secs_f64();
     if prometheus {
-        handles.record(upstream_status, seconds);
+        upstream.record(upstream_status, seconds);
     }
     if let Some(otlp) = otlp {
-        handles.record_otlp(&otlp.client_duration, f.method, upstream_status, seconds);
+        upstream.record_otlp(&otlp.client_duration, f.method, upstream_status, seconds);
     }
 }
 
@@ -318,14 +335,15 @@ fn write_log_line(
     session: &Session,
     ctx: &RequestCtx,
     f: &Finished,
-    trace_id: Option<opentelemetry::trace::TraceId>,
+    span: Option<&ServerSpan>,
     access_log: &AccessLog,
 ) {
     let req = session.req_header();
     let header = |name: &http::header::HeaderName| req.headers.get(name).map(|v| v.as_bytes());
     let format = ctx.snapshot.config.access_log.format;
     let entry = Entry {
-        remote_addr: client_ip(session),
+        // known since request_filter unless only the access log is on
+        remote_addr: ctx.telemetry.client.or_else(|| client_ip(session)),
         authorization: header(&http::header::AUTHORIZATION),
         method: req.method.as_str(),
         target: req.raw_path(),
@@ -340,9 +358,9 @@ fn write_log_line(
         upstream_addr: ctx.peer,
         route: ctx.route_label(),
         // Only the JSON format has the field.
-        trace_id: trace_id
+        trace_id: span
             .filter(|_| format == LogFormat::Json)
-            .map(|id| text::hex(&id.to_bytes())),
+            .map(|s| text::hex(&s.span_context().trace_id().to_bytes())),
     };
     access_log.write(access_log::format_line(format, &entry, SystemTime::now()));
 }

@@ -5,7 +5,7 @@
 //! function returns at once. When it is on, a span costs its attributes and one enqueue
 //! on the batch processor; sampled-out spans get no attributes at all.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -15,7 +15,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::Span;
+use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use super::metrics::{AuthResult, MethodLabel};
 use super::text;
@@ -29,7 +29,7 @@ pub struct ServerSpan {
     span: Span,
 }
 
-/// What the request told us when it arrived.
+/// What the span says about its request when it starts.
 pub struct ServerRequest<'a> {
     pub method: MethodLabel,
     /// `METHOD route`.
@@ -37,14 +37,18 @@ pub struct ServerRequest<'a> {
     pub path: &'a str,
     pub route: &'a Arc<str>,
     pub headers: &'a HeaderMap,
-    pub client: Option<std::net::IpAddr>,
+    pub client: Option<IpAddr>,
     /// `Host` without the port.
     pub host: Option<&'a str>,
 }
 
+/// Attributes known at the start, plus room for the two added at the end: the builder
+/// moves the vector into the span as it is, so nothing is copied or grown later.
+const SPAN_ATTRIBUTES: usize = 9;
+
 impl ServerSpan {
     /// Starts the span as a child of the request's `traceparent`, if any.
-    pub fn start(tracer: &opentelemetry_sdk::trace::SdkTracer, req: &ServerRequest<'_>) -> Self {
+    pub fn start(tracer: &SdkTracer, req: ServerRequest<'_>) -> Self {
         // Extracting from nothing still costs: only when there is a traceparent.
         let parent = if req.headers.contains_key(&TRACEPARENT) {
             TraceContextPropagator::new()
@@ -52,8 +56,7 @@ impl ServerSpan {
         } else {
             Context::new()
         };
-        // Given to the builder in one piece: cheaper than one `set_attribute` each.
-        let mut attributes = Vec::with_capacity(8);
+        let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
         attributes.push(KeyValue::new("http.request.method", req.method.semconv()));
         attributes.push(KeyValue::new("url.path", req.path.to_owned()));
         attributes.push(KeyValue::new("http.route", req.route.clone()));
@@ -71,7 +74,7 @@ impl ServerSpan {
             attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
         }
         let builder = tracer
-            .span_builder(req.name.clone())
+            .span_builder(req.name)
             .with_kind(SpanKind::Server)
             .with_attributes(attributes);
         ServerSpan {
@@ -83,18 +86,17 @@ impl ServerSpan {
         self.span.span_context()
     }
 
-    /// Ends the span with the status sent to the client; 5xx marks it as an error.
-    pub fn finish(mut self, status: u16, upstream: Option<SocketAddr>) {
+    /// Ends the span with the status sent to the client (a 5xx marks it as an error) and
+    /// the upstream server's `address:port`, when one was chosen.
+    pub fn finish(mut self, status: u16, upstream: Option<Arc<str>>) {
         if self.span.is_recording() {
             self.span.set_attribute(KeyValue::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
-            if let Some(peer) = upstream {
-                self.span.set_attribute(KeyValue::new(
-                    "upstream.address",
-                    text::socket_addr_string(peer),
-                ));
+            if let Some(upstream) = upstream {
+                self.span
+                    .set_attribute(KeyValue::new("upstream.address", upstream));
             }
             if status >= 500 {
                 self.span
