@@ -215,20 +215,8 @@ async fn compose_healthcheck_command_passes_against_the_shipped_config() {
     }
 
     let backend = Backend::echo().await;
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let addr = backend.addr.to_string();
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let env = [
-        ("EDGE_LISTEN", listen.as_str()),
-        ("EDGE_METRICS_LISTEN", metrics.as_str()),
-        ("EDGE_ACCESS_LOG", "off"),
-        ("CONSOLE_FRONTEND_ADDR", addr.as_str()),
-        ("CONSOLE_HUB_ADDR", addr.as_str()),
-        ("CORE_WORKFLOW_ADDR", addr.as_str()),
-        ("AGENT_RUNTIME_API_ADDR", addr.as_str()),
-    ];
-    let _proxy = Proxy::start_raw(&read("conf/astron-edge.toml"), port, &env);
+    let proxy = Proxy::shipped_on(&backend);
+    let listen = proxy.addr.to_string();
     let config = repo("conf/astron-edge.toml");
     let status = Command::new(common::binary())
         .args(&test[2..])

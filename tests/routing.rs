@@ -19,26 +19,18 @@ async fn stack() -> Stack {
     let hub = Backend::echo().await;
     let workflow = Backend::echo().await;
     let runtime = Backend::echo().await;
-    let config = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/conf/astron-edge.toml"
-    ))
-    .expect("shipped config");
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let env = [
-        ("EDGE_LISTEN", listen.as_str()),
-        ("EDGE_METRICS_LISTEN", metrics.as_str()),
-        ("EDGE_ACCESS_LOG", "off"),
-        ("CONSOLE_FRONTEND_ADDR", &frontend.addr.to_string()),
-        ("CONSOLE_HUB_ADDR", &hub.addr.to_string()),
-        ("CORE_WORKFLOW_ADDR", &workflow.addr.to_string()),
-        ("AGENT_RUNTIME_API_ADDR", &runtime.addr.to_string()),
-    ];
-    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let proxy = Proxy::start_raw(&config, port, &env);
+    let (f, h, w, r) = (
+        frontend.addr.to_string(),
+        hub.addr.to_string(),
+        workflow.addr.to_string(),
+        runtime.addr.to_string(),
+    );
+    let proxy = Proxy::shipped(&[
+        ("CONSOLE_FRONTEND_ADDR", &f),
+        ("CONSOLE_HUB_ADDR", &h),
+        ("CORE_WORKFLOW_ADDR", &w),
+        ("AGENT_RUNTIME_API_ADDR", &r),
+    ]);
     Stack {
         frontend,
         hub,
@@ -166,19 +158,8 @@ async fn paths_above_root_are_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_with_nothing_behind() {
-    let config = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/conf/astron-edge.toml"
-    ))
-    .expect("shipped config");
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
     // default upstream names (console-hub, …) do not resolve here: nothing runs behind
-    let proxy = Proxy::start_raw(
-        &config,
-        port,
-        &[("EDGE_LISTEN", &listen), ("EDGE_ACCESS_LOG", "off")],
-    );
+    let proxy = Proxy::shipped(&[]);
     for path in ["/health", "/nginx-health"] {
         let resp = common::client()
             .get(proxy.url(path))

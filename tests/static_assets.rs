@@ -49,32 +49,6 @@ async fn frontend() -> Backend {
     .await
 }
 
-/// The shipped config with every upstream on `backend`.
-fn shipped(backend: &Backend) -> Proxy {
-    let config = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/conf/astron-edge.toml"
-    ))
-    .expect("shipped config");
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let addr = backend.addr.to_string();
-    Proxy::start_raw(
-        &config,
-        port,
-        &[
-            ("EDGE_LISTEN", &listen),
-            ("EDGE_METRICS_LISTEN", &metrics),
-            ("EDGE_ACCESS_LOG", "off"),
-            ("CONSOLE_FRONTEND_ADDR", &addr),
-            ("CONSOLE_HUB_ADDR", &addr),
-            ("CORE_WORKFLOW_ADDR", &addr),
-            ("AGENT_RUNTIME_API_ADDR", &addr),
-        ],
-    )
-}
-
 fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -111,7 +85,7 @@ fn assert_immutable(resp: &reqwest::Response, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_asset_extension_in_any_case_is_immutable() {
     let backend = frontend().await;
-    let proxy = shipped(&backend);
+    let proxy = Proxy::shipped_on(&backend);
     let http = client();
     for ext in EXTENSIONS {
         for variant in [ext.to_owned(), ext.to_uppercase(), capitalised(ext)] {
@@ -145,7 +119,7 @@ fn capitalised(ext: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_config_is_never_cached() {
     let backend = frontend().await;
-    let proxy = shipped(&backend);
+    let proxy = Proxy::shipped_on(&backend);
     for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
         let resp = client()
             .request(method.clone(), proxy.url("/runtime-config.js"))
@@ -168,7 +142,7 @@ async fn runtime_config_is_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_and_not_modified_get_them_errors_do_not() {
     let backend = frontend().await;
-    let proxy = shipped(&backend);
+    let proxy = Proxy::shipped_on(&backend);
     let http = client();
     for path in ["/moved/app.js", "/same/app.js"] {
         let resp = http.get(proxy.url(path)).send().await.expect("asset");
@@ -201,7 +175,7 @@ async fn redirects_and_not_modified_get_them_errors_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_without_cache_pass_upstream_values() {
     let backend = frontend().await;
-    let proxy = shipped(&backend);
+    let proxy = Proxy::shipped_on(&backend);
     let resp = client()
         .get(proxy.url("/space/agents"))
         .send()

@@ -174,12 +174,21 @@ impl Drop for Backend {
     }
 }
 
-/// A port nothing listens on (bound once by the OS, then released).
+/// A port nothing listens on (bound once by the OS, then released). Never the same port
+/// twice in one test binary: parallel tests must not get each other's listen and metrics ports.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().expect("lock");
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// The real proxy binary, started on a config written for the test.
@@ -207,6 +216,37 @@ impl Proxy {
             "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\ngrace_period = \"2s\"\n{body}"
         );
         Proxy::start_raw(&config, port, env)
+    }
+
+    /// Starts the shipped `conf/astron-edge.toml` on a free port, its metrics listener on
+    /// another, access log off; `env` adds or overrides variables (the `*_ADDR` upstreams).
+    pub fn shipped(env: &[(&str, &str)]) -> Proxy {
+        let config = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/conf/astron-edge.toml"
+        ))
+        .expect("shipped config");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut all = vec![
+            ("EDGE_LISTEN", listen.as_str()),
+            ("EDGE_METRICS_LISTEN", metrics.as_str()),
+            ("EDGE_ACCESS_LOG", "off"),
+        ];
+        all.extend_from_slice(env);
+        Proxy::start_raw(&config, port, &all)
+    }
+
+    /// The shipped config with every upstream on one backend.
+    pub fn shipped_on(backend: &Backend) -> Proxy {
+        let addr = backend.addr.to_string();
+        Proxy::shipped(&[
+            ("CONSOLE_FRONTEND_ADDR", &addr),
+            ("CONSOLE_HUB_ADDR", &addr),
+            ("CORE_WORKFLOW_ADDR", &addr),
+            ("AGENT_RUNTIME_API_ADDR", &addr),
+        ])
     }
 
     /// Starts with a complete config whose listener is `127.0.0.1:{port}`.
