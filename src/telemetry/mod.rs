@@ -35,7 +35,7 @@ use crate::state::SharedState;
 use access_log::{AccessLog, Entry};
 use metrics::{InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use otlp::Otlp;
-use traces::{ServerRequest, ServerSpan, TRACESTATE};
+use traces::{ServerRequest, ServerSpan, TRACEPARENT, TRACESTATE};
 
 pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
 
@@ -213,12 +213,16 @@ pub fn inject_trace_context(
     upstream_request: &mut RequestHeader,
 ) -> pingora::Result<()> {
     if let Some(span) = &ctx.telemetry.span {
-        let headers = traces::trace_headers(span.span_context());
-        if !headers.iter().any(|(name, _)| name == TRACESTATE) {
-            upstream_request.remove_header(&TRACESTATE);
+        let cx = span.span_context();
+        if let Some(value) = traces::traceparent(cx) {
+            upstream_request.insert_header(TRACEPARENT.clone(), value)?;
         }
-        for (name, value) in headers {
-            upstream_request.insert_header(name, value)?;
+        match traces::tracestate(cx) {
+            Some(value) => upstream_request.insert_header(TRACESTATE.clone(), value)?,
+            // the client's tracestate belongs to the client's span, not to ours
+            None => {
+                upstream_request.remove_header(&TRACESTATE);
+            }
         }
     }
     Ok(())

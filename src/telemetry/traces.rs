@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -110,11 +110,21 @@ impl ServerSpan {
 /// `traceparent` (and `tracestate`) of a span context, for a request we send.
 pub fn trace_headers(cx: &SpanContext) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = Vec::with_capacity(2);
-    if !cx.is_valid() {
-        return headers;
+    if let Some(value) = traceparent(cx) {
+        headers.push((TRACEPARENT.clone(), value));
     }
-    // 00-<trace id>-<span id>-<flags>, written without the formatting machinery: this
-    // runs for every proxied request.
+    if let Some(value) = tracestate(cx) {
+        headers.push((TRACESTATE.clone(), value));
+    }
+    headers
+}
+
+/// W3C `traceparent`: `00-<trace id>-<span id>-<flags>`, written without the formatting
+/// machinery (this runs for every proxied request); `None` for an invalid context.
+pub fn traceparent(cx: &SpanContext) -> Option<HeaderValue> {
+    if !cx.is_valid() {
+        return None;
+    }
     let mut value = [b'-'; 55];
     value[..2].copy_from_slice(b"00");
     text::put_hex(&mut value[3..35], &cx.trace_id().to_bytes());
@@ -123,16 +133,18 @@ pub fn trace_headers(cx: &SpanContext) -> Vec<(HeaderName, HeaderValue)> {
         &mut value[53..],
         &[(cx.trace_flags() & TraceFlags::SAMPLED).to_u8()],
     );
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
-        headers.push((TRACEPARENT.clone(), value));
+    HeaderValue::from_bytes(&value).ok()
+}
+
+/// W3C `tracestate`, when the context carries one (checked without formatting it).
+pub fn tracestate(cx: &SpanContext) -> Option<HeaderValue> {
+    if *cx.trace_state() == TraceState::NONE {
+        return None;
     }
     let state = cx.trace_state().header();
-    if !state.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&state) {
-            headers.push((TRACESTATE.clone(), value));
-        }
-    }
-    headers
+    (!state.is_empty())
+        .then(|| HeaderValue::from_str(&state).ok())
+        .flatten()
 }
 
 /// The CLIENT span of a forward-auth call; a no-op when tracing is off.
@@ -208,7 +220,7 @@ impl Extractor for HeaderExtractor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+    use opentelemetry::trace::{SpanId, TraceId};
 
     #[test]
     fn traceparent_is_w3c() {
