@@ -267,7 +267,7 @@ async fn large_chunked_upload_arrives_intact() {
 async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A raw upstream: one event of a chunked SSE response, then the connection drops.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");

@@ -125,7 +125,7 @@ impl MetricsService for Collector {
 
 /// Starts the gRPC collector on a free port; it stops when the test's runtime ends.
 async fn start_collector() -> (Collector, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
         .await
         .expect("bind collector");
     let addr = listener.local_addr().expect("collector addr");
@@ -626,7 +626,7 @@ async fn a_collector_on_a_closed_port_costs_requests_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_never_answers_costs_requests_nothing() {
     // Accepts connections and reads nothing, answers nothing.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");

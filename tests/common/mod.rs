@@ -89,7 +89,9 @@ impl Backend {
         F: Fn(Recorded) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        // Through `free_port`, so a backend never lands on a port another test of this
+        // binary holds as "closed" (the OS would otherwise hand that port out again).
+        let listener = TcpListener::bind(("127.0.0.1", free_port()))
             .await
             .expect("bind backend");
         Backend::serve(listener, handler)
