@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Read;
 
-use common::{client, full, Backend, Proxy, Recorded};
+use common::{full, Backend, Fetched, Proxy, Recorded};
 use hyper::Response;
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -104,38 +104,8 @@ upstream = "frontend"
     ))
 }
 
-struct Got {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn x_cache(&self) -> Option<&str> {
-        self.header("x-cache")
-    }
-}
-
-async fn fetch(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut req = client().request(method, proxy.url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.expect("response");
-    Got {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.bytes().await.expect("body").to_vec(),
-    }
-}
-
-async fn get(proxy: &Proxy, path: &str) -> Got {
-    fetch(proxy, "GET", path, &[]).await
+async fn get(proxy: &Proxy, path: &str) -> Fetched {
+    common::fetch(proxy, "GET", path, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +134,7 @@ async fn second_request_is_a_hit_without_the_upstream() {
     assert!(expires > std::time::SystemTime::now() + std::time::Duration::from_secs(364 * 86400));
 
     // HEAD from the same entry, no body
-    let head = fetch(&proxy, "HEAD", "/assets/app.3f2a.js", &[]).await;
+    let head = common::fetch(&proxy, "HEAD", "/assets/app.3f2a.js", &[]).await;
     assert_eq!(head.x_cache(), Some("HIT"));
     assert_eq!(head.header("content-length"), Some("20000"));
     assert!(head.body.is_empty());
@@ -176,7 +146,7 @@ async fn second_request_is_a_hit_without_the_upstream() {
     assert_eq!(normalised.x_cache(), Some("HIT"));
     let other_query = get(&proxy, "/assets/app.3f2a.js?v=2").await;
     assert_eq!(other_query.x_cache(), Some("MISS"));
-    let other_host = fetch(
+    let other_host = common::fetch(
         &proxy,
         "GET",
         "/assets/app.3f2a.js",
@@ -213,12 +183,12 @@ async fn private_or_personal_answers_are_not_stored() {
     }
     // credentials in the request: never stored
     for _ in 0..2 {
-        let got = fetch(&proxy, "GET", "/g.js", &[("Authorization", "Bearer x")]).await;
+        let got = common::fetch(&proxy, "GET", "/g.js", &[("Authorization", "Bearer x")]).await;
         assert_eq!(got.x_cache(), Some("MISS"));
     }
     assert_eq!(b.count(), cases.len() * 2 + 2);
     // a HEAD miss stores nothing (no body), the following GET does
-    fetch(&proxy, "HEAD", "/h.js", &[]).await;
+    common::fetch(&proxy, "HEAD", "/h.js", &[]).await;
     assert_eq!(get(&proxy, "/h.js").await.x_cache(), Some("MISS"));
     assert_eq!(get(&proxy, "/h.js").await.x_cache(), Some("HIT"));
 }
@@ -281,7 +251,7 @@ async fn conditional_requests_get_304_from_the_cache() {
         ("If-Modified-Since", "Tue, 20 Oct 2015 07:28:00 GMT", 200),
     ];
     for (name, value, status) in cases {
-        let got = fetch(&proxy, "GET", "/app.css", &[(name, value)]).await;
+        let got = common::fetch(&proxy, "GET", "/app.css", &[(name, value)]).await;
         assert_eq!(got.status, status, "{name}: {value}");
         assert_eq!(got.x_cache(), Some("HIT"));
         assert_eq!(got.header("etag"), Some("\"v1\""));
@@ -295,7 +265,7 @@ async fn conditional_requests_get_304_from_the_cache() {
         }
     }
     // If-None-Match decides when both are sent
-    let got = fetch(
+    let got = common::fetch(
         &proxy,
         "GET",
         "/app.css",
@@ -315,12 +285,12 @@ async fn gzip_and_plain_variants_from_one_entry() {
     let proxy = start(&b, r#"max_size = "16m""#);
     let gzip = [("Accept-Encoding", "gzip")];
     // the miss itself is compressed on the way through
-    let miss = fetch(&proxy, "GET", "/app.js", &gzip).await;
+    let miss = common::fetch(&proxy, "GET", "/app.js", &gzip).await;
     assert_eq!(miss.x_cache(), Some("MISS"));
     assert_eq!(miss.header("content-encoding"), Some("gzip"));
     let expected = asset("_app_js", 20_000);
     for _ in 0..2 {
-        let hit = fetch(&proxy, "GET", "/app.js", &gzip).await;
+        let hit = common::fetch(&proxy, "GET", "/app.js", &gzip).await;
         assert_eq!(hit.x_cache(), Some("HIT"));
         assert_eq!(hit.header("content-encoding"), Some("gzip"));
         assert_eq!(hit.header("vary"), Some("Accept-Encoding"));
@@ -338,19 +308,19 @@ async fn gzip_and_plain_variants_from_one_entry() {
     for accept in [None, Some("gzip;q=0"), Some("br")] {
         let headers: Vec<(&str, &str)> =
             accept.map(|a| ("Accept-Encoding", a)).into_iter().collect();
-        let hit = fetch(&proxy, "GET", "/app.js", &headers).await;
+        let hit = common::fetch(&proxy, "GET", "/app.js", &headers).await;
         assert_eq!(hit.x_cache(), Some("HIT"));
         assert_eq!(hit.header("content-encoding"), None, "{accept:?}");
         assert_eq!(hit.header("etag"), Some("\"v1\""));
         assert_eq!(hit.body, expected, "{accept:?}");
     }
     // HEAD: the identity headers, as for a proxied HEAD
-    let head = fetch(&proxy, "HEAD", "/app.js", &gzip).await;
+    let head = common::fetch(&proxy, "HEAD", "/app.js", &gzip).await;
     assert_eq!(head.header("content-encoding"), None);
     assert_eq!(head.header("content-length"), Some("20000"));
     // a type gzip does not take is served plain to everyone
     get(&proxy, "/logo.png?ct=image/png").await;
-    let png = fetch(&proxy, "GET", "/logo.png?ct=image/png", &gzip).await;
+    let png = common::fetch(&proxy, "GET", "/logo.png?ct=image/png", &gzip).await;
     assert_eq!(png.x_cache(), Some("HIT"));
     assert_eq!(png.header("content-encoding"), None);
     assert_eq!(png.header("vary"), None);
@@ -366,7 +336,7 @@ async fn large_assets_get_their_gzip_variant_off_the_request_path() {
     // made on the blocking pool: stored a moment after the miss has been answered
     let mut hit = None;
     for _ in 0..100 {
-        let got = fetch(&proxy, "GET", path, &[("Accept-Encoding", "gzip")]).await;
+        let got = common::fetch(&proxy, "GET", path, &[("Accept-Encoding", "gzip")]).await;
         if got.x_cache() == Some("HIT") {
             hit = Some(got);
             break;

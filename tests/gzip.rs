@@ -8,7 +8,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{channel_body, client, full, Backend, Proxy, Recorded};
+use common::{channel_body, client, full, Backend, Fetched, Proxy, Recorded};
 use hyper::Response;
 
 const TYPES: [&str; 8] = [
@@ -112,44 +112,13 @@ upstream = "app"
     ))
 }
 
-struct Got {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
+/// `method path` with the given `Accept-Encoding`, if any.
+async fn fetch(proxy: &Proxy, method: &str, path: &str, accept: Option<&str>) -> Fetched {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept-Encoding", a)).into_iter().collect();
+    common::fetch(proxy, method, path, &headers).await
 }
 
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn gunzip(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&self.body[..])
-            .read_to_end(&mut out)
-            .expect("a valid gzip body");
-        out
-    }
-}
-
-async fn fetch(proxy: &Proxy, method: &str, path: &str, accept: Option<&str>) -> Got {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut req = client().request(method, proxy.url(path));
-    if let Some(accept) = accept {
-        req = req.header("Accept-Encoding", accept);
-    }
-    let resp = req.send().await.expect("response");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.bytes().await.expect("body").to_vec();
-    Got {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn assert_plain(got: &Got, len: usize, what: &str) {
+fn assert_plain(got: &Fetched, len: usize, what: &str) {
     assert_eq!(got.status, 200, "{what}");
     assert_eq!(got.header("content-encoding"), None, "{what}");
     assert_eq!(got.body, body_of(len), "{what}");

@@ -348,6 +348,46 @@ impl Drop for Proxy {
     }
 }
 
+/// A response read in full: status, headers, raw (never decompressed) body.
+pub struct Fetched {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Fetched {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn x_cache(&self) -> Option<&str> {
+        self.header("x-cache")
+    }
+
+    pub fn gunzip(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&self.body[..])
+            .read_to_end(&mut out)
+            .expect("a valid gzip body");
+        out
+    }
+}
+
+/// `method path` through the proxy with extra request headers, read in full.
+pub async fn fetch(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Fetched {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client().request(method, proxy.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("response");
+    Fetched {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.expect("body").to_vec(),
+    }
+}
+
 /// An HTTP client that never decompresses, follows no redirect and uses no proxy.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
