@@ -7,11 +7,14 @@
 //!     opens N streams, prints `established N` once all are open, holds them S seconds,
 //!     then prints one line: `streams=N lost=L events=E p50_us=.. p99_us=.. max_us=..`,
 //!     where latency is receive time minus the event's stamp (added latency plus the
-//!     backend's own write, identical for every proxy measured).
+//!     backend's own write, identical for every proxy measured). Only events received
+//!     once every stream is open (plus `--settle-secs`, default 3) count: the ramp-up,
+//!     when the proxy is busy accepting thousands of connections, is not what an event
+//!     on a held stream costs.
 //!
 //! Raw sockets and hand-written HTTP/1.1 keep the generator itself cheap next to a proxy.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +54,16 @@ async fn main() -> std::io::Result<()> {
             let hold = arg(&args, "--hold-secs")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(30u64);
-            client(&url, streams, Duration::from_secs(hold)).await
+            let settle = arg(&args, "--settle-secs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3u64);
+            client(
+                &url,
+                streams,
+                Duration::from_secs(hold),
+                Duration::from_secs(settle),
+            )
+            .await
         }
         _ => {
             eprintln!("usage: sse_bench backend --listen ADDR --every-ms MS | client --url URL --streams N --hold-secs S");
@@ -99,7 +111,12 @@ async fn backend(listen: &str, every: Duration) -> std::io::Result<()> {
     }
 }
 
-async fn client(url: &str, streams: usize, hold: Duration) -> std::io::Result<()> {
+async fn client(
+    url: &str,
+    streams: usize,
+    hold: Duration,
+    settle: Duration,
+) -> std::io::Result<()> {
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
@@ -109,18 +126,26 @@ async fn client(url: &str, streams: usize, hold: Duration) -> std::io::Result<()
     let authority = Arc::new(authority.to_owned());
     let established = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, Vec<u64>)>();
-    let deadline = tokio::time::Instant::now() + hold + Duration::from_secs(60);
+    // `true` once the hold is over: streams stop reading and report their samples.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for _ in 0..streams {
-        let (request, authority, established, tx) = (
+        let (request, authority, established, tx, mut stop) = (
             request.clone(),
             authority.clone(),
             established.clone(),
             tx.clone(),
+            stop_rx.clone(),
         );
         tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let ok =
-                stream_once(&authority, &request, &established, &mut latencies, deadline).await;
+            let ok = stream_once(
+                &authority,
+                &request,
+                &established,
+                &mut latencies,
+                &mut stop,
+            )
+            .await;
             let _ = tx.send((ok, latencies));
         });
         // A gentle ramp: the listen backlog of either proxy is not what is measured.
@@ -135,6 +160,8 @@ async fn client(url: &str, streams: usize, hold: Duration) -> std::io::Result<()
     }
     println!("established {}", established.load(Ordering::Relaxed));
     let hold_end = tokio::time::Instant::now() + hold;
+    tokio::time::sleep(settle.min(hold)).await;
+    MEASURING.store(true, Ordering::Relaxed);
     // Streams report when they end; those still open at hold_end are fine.
     // A stream that reports before the hold is over has ended early: lost.
     let mut lost = 0usize;
@@ -149,7 +176,7 @@ async fn client(url: &str, streams: usize, hold: Duration) -> std::io::Result<()
         }
     }
     // Then every stream is told to stop and hands over its samples.
-    STOP.store(1, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
     let collect_end = tokio::time::Instant::now() + Duration::from_secs(10);
     while let Ok(Some((_, lat))) = tokio::time::timeout_at(collect_end, rx.recv()).await {
         all.extend(lat);
@@ -173,8 +200,8 @@ async fn client(url: &str, streams: usize, hold: Duration) -> std::io::Result<()
     Ok(())
 }
 
-/// Set once the hold is over: streams stop reading and report their samples.
-static STOP: AtomicUsize = AtomicUsize::new(0);
+/// Set once every stream is open and settled: latencies count from then on.
+static MEASURING: AtomicBool = AtomicBool::new(false);
 
 /// Runs one stream; `true` when it was stopped on purpose, `false` when it ended or failed.
 async fn stream_once(
@@ -182,7 +209,7 @@ async fn stream_once(
     request: &str,
     established: &AtomicUsize,
     latencies: &mut Vec<u64>,
-    deadline: tokio::time::Instant,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     let Ok(mut stream) = TcpStream::connect(authority).await else {
         return false;
@@ -194,14 +221,12 @@ async fn stream_once(
     let mut pending = Vec::new();
     let mut counted = false;
     loop {
-        let read = tokio::time::timeout(Duration::from_millis(250), stream.read(&mut buf)).await;
-        if STOP.load(Ordering::Relaxed) == 1 || tokio::time::Instant::now() > deadline {
-            return true;
-        }
-        let n = match read {
-            Err(_) => continue,
-            Ok(Ok(0)) | Ok(Err(_)) => return false,
-            Ok(Ok(n)) => n,
+        let n = tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            },
+            _ = stop.changed() => return true,
         };
         let received = now_ns();
         if !counted && buf[..n].starts_with(b"HTTP/1.1 200") {
@@ -216,7 +241,7 @@ async fn stream_once(
             let stamp = std::str::from_utf8(&pending[start + 6..start + end])
                 .ok()
                 .and_then(|s| s.parse::<u128>().ok());
-            if let Some(stamp) = stamp {
+            if let (Some(stamp), true) = (stamp, MEASURING.load(Ordering::Relaxed)) {
                 latencies.push(received.saturating_sub(stamp) as u64);
             }
             pending.drain(..start + end);

@@ -10,6 +10,7 @@ use astron_edge::{healthcheck, server};
 
 /// jemalloc instead of glibc malloc: less CPU per request and per idle stream (measured by
 /// the bench script; mimalloc tripled SSE memory per stream, so not that one).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -91,6 +91,12 @@ impl Upstream {
         if !current.is_empty() && !self.stale.load(Ordering::Relaxed) {
             return Ok(current);
         }
+        // Boxed: the resolution state stays out of the future of every request's fast path.
+        Box::pin(self.resolve_for_request()).await
+    }
+
+    /// The slow path of [`Self::addresses`]: one request resolves, the others wait for it.
+    async fn resolve_for_request(&self) -> Result<Arc<Vec<SocketAddr>>, ResolveError> {
         let _flight = self.resolving.lock().await;
         let current = self.addrs.load_full();
         if !current.is_empty() && !self.stale.load(Ordering::Relaxed) {

@@ -18,8 +18,6 @@ use crate::routing::encode_path;
 
 pub static X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
 pub static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: header::HeaderName =
-    header::HeaderName::from_static("x-forwarded-proto");
 
 /// The client as the proxy saw it.
 pub struct ClientIdentity {
@@ -64,8 +62,11 @@ impl ClientIdentity {
         match self.ip.map(ip_header_value) {
             Some(ip) => {
                 let forwarded_for = Self::forwarded_for(from, &ip).unwrap_or_else(|| ip.clone());
-                to.insert_header(X_FORWARDED_FOR.clone(), forwarded_for)?;
-                to.insert_header(X_REAL_IP.clone(), ip)?;
+                // Static names: Pingora keeps the case of a `&'static str` without copying it
+                // (a `HeaderName` is first re-cased into a new buffer), and upstreams see
+                // the spelling nginx sends.
+                to.insert_header("X-Forwarded-For", forwarded_for)?;
+                to.insert_header("X-Real-IP", ip)?;
             }
             None => {
                 // A Unix-socket client has no address: forward none rather than the client's.
@@ -73,7 +74,7 @@ impl ClientIdentity {
                 to.remove_header(&X_REAL_IP);
             }
         }
-        to.insert_header(X_FORWARDED_PROTO.clone(), self.proto())?;
+        to.insert_header("X-Forwarded-Proto", self.proto())?;
         Ok(())
     }
 }

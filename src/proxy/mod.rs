@@ -100,44 +100,14 @@ impl ProxyHttp for EdgeProxy {
             _ => RequestKind::Local,
         };
         crate::telemetry::request_started(session, ctx);
+        let needs_auth = ctx.proxy_route().is_some_and(|r| r.auth.is_some());
         match decision {
-            Decision::Health => {
-                let method = &session.req_header().method;
-                if method == Method::GET || method == Method::HEAD {
-                    local_response(session, ctx, StatusCode::OK, Some("OK\n")).await?;
-                } else {
-                    local_response(session, ctx, StatusCode::METHOD_NOT_ALLOWED, None).await?;
-                }
-                Ok(true)
-            }
-            Decision::Reject(status, why) => {
-                tracing::debug!(
-                    route = ctx.route_label(),
-                    status = status.as_u16(),
-                    "rejected: {why}"
-                );
-                if status == StatusCode::BAD_REQUEST {
-                    session.set_keepalive(None); // as nginx: a malformed request ends the connection
-                }
-                local_response(session, ctx, status, None).await?;
-                if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    discard_request_body(session).await;
-                }
-                Ok(true)
-            }
-            Decision::Return(index) => {
-                let snapshot = ctx.snapshot.clone();
-                if let RouteAction::Return { status, body } = &snapshot.config.routes[index].action
-                {
-                    local_response(session, ctx, *status, body.as_deref()).await?;
-                }
-                Ok(true)
-            }
-            Decision::CacheHit(entry) => {
-                crate::cache::serve_hit(session, ctx, &entry).await?;
-                Ok(true)
-            }
-            Decision::Proxy => self.forward_auth(session, ctx).await,
+            Decision::Proxy if !needs_auth => Ok(false),
+            // Pingora moves this future into a box on every request: the answers written
+            // here (auth, cache hits, local answers) are boxed futures of their own, so
+            // the common path above does not pay for copying their state.
+            Decision::Proxy => Box::pin(self.forward_auth(session, ctx)).await,
+            decision => Box::pin(answer_locally(session, ctx, decision)).await,
         }
     }
 
@@ -484,6 +454,47 @@ impl EdgeProxy {
         ctx.upstream = Some(snapshot.upstreams[route.upstream].clone());
         Decision::Proxy
     }
+}
+
+/// Writes what `request_filter` decided to answer itself; always `Ok(true)`.
+async fn answer_locally(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    decision: Decision,
+) -> Result<bool> {
+    match decision {
+        Decision::Health => {
+            let method = &session.req_header().method;
+            if method == Method::GET || method == Method::HEAD {
+                local_response(session, ctx, StatusCode::OK, Some("OK\n")).await?;
+            } else {
+                local_response(session, ctx, StatusCode::METHOD_NOT_ALLOWED, None).await?;
+            }
+        }
+        Decision::Reject(status, why) => {
+            tracing::debug!(
+                route = ctx.route_label(),
+                status = status.as_u16(),
+                "rejected: {why}"
+            );
+            if status == StatusCode::BAD_REQUEST {
+                session.set_keepalive(None); // as nginx: a malformed request ends the connection
+            }
+            local_response(session, ctx, status, None).await?;
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                discard_request_body(session).await;
+            }
+        }
+        Decision::Return(index) => {
+            let snapshot = ctx.snapshot.clone();
+            if let RouteAction::Return { status, body } = &snapshot.config.routes[index].action {
+                local_response(session, ctx, *status, body.as_deref()).await?;
+            }
+        }
+        Decision::CacheHit(entry) => crate::cache::serve_hit(session, ctx, &entry).await?,
+        Decision::Proxy => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// After an early 413, reads and drops what the client is still sending (bounded in time),

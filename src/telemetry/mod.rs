@@ -157,13 +157,15 @@ pub struct RequestTelemetry {
     upstream_started: Option<Instant>,
     /// Status of the upstream's response header.
     upstream_status: Option<u16>,
-    span: Option<ServerSpan>,
+    /// Boxed: the context is moved with Pingora's request futures, and an inline SDK span
+    /// would make every request copy it, traced or not.
+    span: Option<Box<ServerSpan>>,
 }
 
 impl RequestTelemetry {
     /// The request's SERVER span, when tracing is on and the request is proxied.
     pub fn server_span(&self) -> Option<&ServerSpan> {
-        self.span.as_ref()
+        self.span.as_deref()
     }
 }
 
@@ -180,7 +182,7 @@ pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
     if let (Some(otlp), RequestKind::Proxied) = (otlp, ctx.kind) {
         let req = session.req_header();
         let method = MethodLabel::of(&req.method);
-        ctx.telemetry.span = Some(ServerSpan::start(
+        ctx.telemetry.span = Some(Box::new(ServerSpan::start(
             &otlp.tracer,
             ServerRequest {
                 method,
@@ -191,7 +193,7 @@ pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
                 client: ctx.telemetry.client,
                 host: host(req),
             },
-        ));
+        )));
     }
     if prometheus {
         ctx.telemetry.in_flight = Some(route.clone().enter());
@@ -274,7 +276,7 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
         upstream_time: ctx.telemetry.upstream_started.map(|t| t.elapsed()),
     };
     if let Some(access_log) = access_log {
-        write_log_line(session, ctx, &finished, span.as_ref(), access_log);
+        write_log_line(session, ctx, &finished, span.as_deref(), access_log);
     }
     if prometheus || otlp.is_some() {
         let route = match ctx.telemetry.route.take() {
