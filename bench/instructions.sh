@@ -3,17 +3,21 @@
 # that does not move with the machine's noise (wall-clock benchmarks on a shared 2-core VM
 # swing by ±15 %; the instruction count of the same binary and load is repeatable).
 #
-#   bench/instructions.sh [CONFIG...]     (default: bare small small-telemetry)
+#   bench/instructions.sh [CONFIG...]     (default: bare small telemetry)
 #
-# CONFIG is `bare` (examples/bare_proxy.rs, the bare Pingora pass-through) or the name of a
-# template bench/edge/NAME.toml.tmpl run by astron-edge. Each proxy runs alone under
-# callgrind in front of the same nginx backend; WARMUP_S seconds of load are discarded
-# (`callgrind_control -z`), then LOAD_S seconds of 1 KiB GETs over CONNECTIONS keep-alive
-# connections are counted and divided by the requests wrk completed. Prints Ir per request
-# and the ratio to the first config; the callgrind files stay in OUT_DIR for
-# `callgrind_annotate --inclusive=yes`.
+# CONFIG is `bare` (examples/bare_proxy.rs, the bare Pingora pass-through), `nginx` (the
+# proxy config of bench/run.sh for NGINX_SCENARIO, as one process) or the name of a template
+# bench/edge/NAME.toml.tmpl run by astron-edge. Only user-space instructions are counted,
+# for every proxy alike: the kernel's share (syscalls) is not in the figure.
+# Each proxy runs alone under callgrind in front of bench/run.sh's nginx backend; WARMUP_S
+# seconds of load are discarded (`callgrind_control -z`), then LOAD_S seconds of GETs of
+# REQUEST_PATH over CONNECTIONS keep-alive connections are counted and divided by the
+# requests wrk completed. Prints Ir per request and the ratio to the first config; the
+# callgrind files stay in OUT_DIR for `callgrind_annotate --inclusive=yes`.
 #
 # Environment: WARMUP_S=3 LOAD_S=15 CONNECTIONS=8 OUT_DIR=target/instructions
+#   REQUEST_PATH=/small   (/json20k with ACCEPT_GZIP=1 prices the gzip scenario; pair it
+#                          with the `gzip` template and, for nginx, NGINX_SCENARIO=gzip)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,6 +29,10 @@ OUT_DIR=${OUT_DIR:-$REPO_DIR/target/instructions}
 EDGE_BIN=${EDGE_BIN:-$REPO_DIR/target/release/astron-edge}
 BARE_BIN=${BARE_BIN:-$REPO_DIR/target/release/examples/bare_proxy}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+REQUEST_PATH=${REQUEST_PATH:-/small}
+NGINX_SCENARIO=${NGINX_SCENARIO:-small}
+WRK_ARGS=(-t1 -c"$CONNECTIONS")
+[[ ${ACCEPT_GZIP:-0} == 1 ]] && WRK_ARGS+=(-H "Accept-Encoding: gzip")
 CONFIGS=("$@")
 [[ ${#CONFIGS[@]} -gt 0 ]] || CONFIGS=(bare small telemetry)
 
@@ -41,6 +49,7 @@ fi
 mkdir -p "$OUT_DIR"
 
 TMP=$(mktemp -d)
+chmod 755 "$TMP"   # the backend nginx worker (www-data) reads the payloads from here
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -59,33 +68,24 @@ wait_http() {  # wait_http URL — valgrind starts slowly: up to 60 s
     return 1
 }
 
-# The backend: nginx serving the same 1 KiB body as bench/run.sh's "small" scenario.
+# The backend: bench/run.sh's nginx backend, same config and bodies.
+# shellcheck source=bench/payloads.sh
+source "$BENCH_DIR/payloads.sh"
 BACKEND_PORT=$(free_port)
-mkdir -p "$TMP/backend"
-cat >"$TMP/backend/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $TMP/backend/nginx.pid;
-error_log $TMP/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $TMP/backend;
-    proxy_temp_path $TMP/backend;
-    fastcgi_temp_path $TMP/backend;
-    uwsgi_temp_path $TMP/backend;
-    scgi_temp_path $TMP/backend;
-    server {
-        listen 127.0.0.1:$BACKEND_PORT;
-        location = /small { default_type text/plain; return 200 "$(head -c 1023 /dev/zero | tr '\0' x)
-"; }
-    }
-}
-CONF
-"$NGINX_BIN" -c "$TMP/backend/nginx.conf" -p "$TMP/backend" &
+make_payloads "$TMP/www"
+mkdir -p "$TMP/backend/tmp"
+python3 - "$BENCH_DIR/nginx/backend.conf.tmpl" "$TMP/backend/nginx.conf" "$TMP" "$BACKEND_PORT" \
+    "$(<"$TMP/www/small.txt")" <<'PY'
+import sys
+tmpl, out, directory, port, small = sys.argv[1:]
+text = open(tmpl).read()
+for key, value in (("DIR", directory), ("BACKEND_PORT", port), ("SMALL_BODY", small)):
+    text = text.replace("@" + key + "@", value)
+open(out, "w").write(text)
+PY
+"$NGINX_BIN" -p "$TMP/backend" -c "$TMP/backend/nginx.conf" &
 PIDS+=("$!")
-wait_http "http://127.0.0.1:$BACKEND_PORT/small" || die "backend did not start"
+wait_http "http://127.0.0.1:$BACKEND_PORT/backend-health" || die "backend did not start"
 
 # An OTLP sink for templates that export (telemetry): accepts and discards.
 OTLP_PORT=$(free_port)
@@ -115,6 +115,19 @@ for config in "${CONFIGS[@]}"; do
     rm -f "$out" "$out".*
     if [[ $config == bare ]]; then
         cmd=("$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$BACKEND_PORT")
+    elif [[ $config == nginx ]]; then
+        mkdir -p "$TMP/nginx/tmp"
+        python3 - "$BENCH_DIR/nginx/proxy.conf.tmpl" "$BENCH_DIR/nginx/$NGINX_SCENARIO.inc" "$TMP/nginx/nginx.conf" \
+            "$TMP/nginx" "$port" "$BACKEND_PORT" <<'PY'
+import sys
+tmpl, inc, out, slot, port, backend = sys.argv[1:]
+text = open(tmpl).read().replace("@SCENARIO@", open(inc).read())
+text = text.replace("master_process on;", "master_process off;")  # one process to count
+for key, value in (("SLOTDIR", slot), ("PORT", port), ("BACKEND_PORT", backend)):
+    text = text.replace("@" + key + "@", value)
+open(out, "w").write(text)
+PY
+        cmd=("$NGINX_BIN" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf")
     else
         tmpl="$BENCH_DIR/edge/$config.toml.tmpl"
         [[ -f $tmpl ]] || die "no template $tmpl"
@@ -128,10 +141,10 @@ for config in "${CONFIGS[@]}"; do
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$TMP/$config.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    wait_http "http://127.0.0.1:$port/small" || { tail -20 "$TMP/$config.log" >&2; die "$config did not start"; }
-    wrk -t1 -c"$CONNECTIONS" -d"${WARMUP_S}s" "http://127.0.0.1:$port/small" >/dev/null
+    wait_http "http://127.0.0.1:$port$REQUEST_PATH" || { tail -20 "$TMP/$config.log" >&2; die "$config did not start"; }
+    wrk "${WRK_ARGS[@]}" -d"${WARMUP_S}s" "http://127.0.0.1:$port$REQUEST_PATH" >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    requests=$(wrk -t1 -c"$CONNECTIONS" -d"${LOAD_S}s" "http://127.0.0.1:$port/small" \
+    requests=$(wrk "${WRK_ARGS[@]}" -d"${LOAD_S}s" "http://127.0.0.1:$port$REQUEST_PATH" \
         | awk '/requests in/ { print $1 }')
     callgrind_control -d "$pid" >/dev/null
     kill "$pid"

@@ -32,6 +32,8 @@ set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+# shellcheck source=bench/payloads.sh
+source "$BENCH_DIR/payloads.sh"
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
@@ -311,29 +313,6 @@ median() {  # numbers on stdin, one per line
 # ---------------------------------------------------------------------------
 # backend
 # ---------------------------------------------------------------------------
-make_payloads() {
-    local www=$TMP/www
-    mkdir -p "$www/assets"
-    # 1 KiB text
-    head -c 1024 /dev/zero | tr '\0' 'a' >"$www/small.txt"
-    # ~20 KiB JSON (compressible, realistic-ish shape), exactly 20480 bytes
-    awk 'BEGIN {
-        s = "{\"code\":0,\"message\":\"success\",\"data\":[";
-        for (i = 0; length(s) < 20300; i++)
-            s = s sprintf("%s{\"id\":%d,\"name\":\"workflow-%05d\",\"status\":\"published\",\"updatedAt\":\"2026-11-22T13:04:%02dZ\"}", (i ? "," : ""), i, i, i % 60);
-        s = s "],\"pad\":\"";
-        while (length(s) < 20478) s = s "x";
-        printf "%s\"}", s }' >"$www/json20k.json"
-    # ~100 KiB JavaScript asset, exactly 102400 bytes
-    awk 'BEGIN {
-        s = "";
-        for (i = 0; length(s) < 102300; i++)
-            s = s sprintf("function f%d(a,b){return a*%d+b.map(function(x){return x+%d}).join(\",\")}\n", i, i, i);
-        while (length(s) < 102399) s = s " ";
-        printf "%s\n", s }' >"$www/assets/app.3f2a1b.js"
-    chmod -R a+rX "$www"
-}
-
 # pinned CPU CMD... — exec CMD pinned to CPU at the bench's nice level.
 # It REPLACES the calling shell: use `pinned ... &` (then $! is CMD's own PID,
 # through the exec chain taskset → nice → CMD, so /proc/$!/stat and its
@@ -358,7 +337,7 @@ start_nginx() {  # start_nginx NAME CONF CPU → sets REPLY_PID
 start_backend() {
     [[ -n $BACKEND_PORT ]] && return 0
     BACKEND_PORT=$(free_port)
-    make_payloads
+    make_payloads "$TMP/www"
     mkdir -p "$TMP/backend"
     render "$BENCH_DIR/nginx/backend.conf.tmpl" "$TMP/backend/nginx.conf" DIR="$TMP" BACKEND_PORT="$BACKEND_PORT" \
         SMALL_BODY="$(<"$TMP/www/small.txt")"

@@ -15,5 +15,6 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+mod text;
 pub mod tls;
 pub mod upstream;

@@ -79,32 +79,10 @@ impl ClientIdentity {
     }
 }
 
-/// The client address as a header value. IPv4 is formatted by hand: `Display` through the
-/// `fmt` machinery was the most expensive line of the forwarding path in the profile.
+/// The client address as a header value.
 fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    let IpAddr::V4(v4) = ip else {
-        return HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
-            .unwrap_or_else(|_| HeaderValue::from_static("-"));
-    };
-    let mut buf = [0u8; 15];
-    let mut len = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[len] = b'.';
-            len += 1;
-        }
-        if octet >= 100 {
-            buf[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            buf[len] = b'0' + (octet / 10) % 10;
-            len += 1;
-        }
-        buf[len] = b'0' + octet % 10;
-        len += 1;
-    }
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    HeaderValue::try_from(crate::text::ip_string(ip))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// nginx `$host`: the host of the request line, else of `Host`, without the port, lower

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use http::Version;
 
-use super::text;
 use crate::config::{LogFormat, LogTarget};
 use crate::state::SharedState;
+use crate::text;
 
 /// Lines that may wait for the writer; beyond this they are dropped (and counted).
 const QUEUE_LINES: usize = 16 * 1024;

@@ -507,7 +507,7 @@ impl UpstreamMetrics {
         if let Some((_, name)) = self.peers.load().iter().find(|(p, _)| *p == peer) {
             return name.clone();
         }
-        let name: Arc<str> = super::text::socket_addr_string(peer).into();
+        let name: Arc<str> = crate::text::socket_addr_string(peer).into();
         if self.peers.load().len() < MAX_PEER_NAMES {
             self.peers.rcu(|peers| {
                 let mut peers = Vec::clone(peers);

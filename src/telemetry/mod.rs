@@ -18,7 +18,6 @@ pub mod access_log;
 pub mod metrics;
 mod otlp;
 mod settings;
-mod text;
 pub mod traces;
 
 use std::net::IpAddr;
@@ -366,7 +365,7 @@ fn write_log_line(
         // Only the JSON format has the field.
         trace_id: span
             .filter(|_| format == LogFormat::Json)
-            .map(|s| text::hex(&s.span_context().trace_id().to_bytes())),
+            .map(|s| crate::text::hex(&s.span_context().trace_id().to_bytes())),
     };
     access_log.write(access_log::format_line(format, &entry, SystemTime::now()));
 }

@@ -18,8 +18,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use super::metrics::{AuthResult, MethodLabel};
-use super::text;
 use crate::proxy::RequestCtx;
+use crate::text;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
