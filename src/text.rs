@@ -43,12 +43,27 @@ pub fn socket_addr_string(addr: SocketAddr) -> String {
 }
 
 fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
+    // Digits straight into a stack buffer: this runs for every forwarded request.
+    let mut buf = [0u8; 15];
+    let mut len = 0;
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            buf[len] = b'.';
+            len += 1;
         }
-        push_u64(out, u64::from(octet));
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + (octet / 10) % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
     }
+    // ASCII digits and dots: always UTF-8
+    out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
 }
 
 /// A decimal number (`itoa`: no formatting machinery, no per-digit pushes).

@@ -44,6 +44,8 @@ type Attributes = HashMap<String, String>;
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<Received>>>,
+    /// `x-tenant` metadata of the last trace export.
+    tenant: Arc<Mutex<Option<String>>>,
     /// Metric name → the attribute sets of its data points.
     metrics: Arc<Mutex<HashMap<String, Vec<Attributes>>>>,
 }
@@ -92,6 +94,8 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let tenant = request.metadata().get("x-tenant");
+        *self.tenant.lock().expect("lock") = tenant.and_then(|v| v.to_str().ok()).map(Into::into);
         self.record_spans(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -208,7 +212,10 @@ upstream = "down"
 }
 
 /// Exports quickly, so the tests wait milliseconds rather than the default 5 s.
-const FAST_EXPORT: &[(&str, &str)] = &[("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "100")];
+const FAST_EXPORT: &[(&str, &str)] = &[
+    ("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "100"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=edge"),
+];
 
 async fn edge_with_collector() -> (Collector, Backend, Backend, Proxy) {
     let (collector, addr) = start_collector().await;
@@ -248,6 +255,11 @@ async fn server_span_has_every_spec_attribute_and_joins_the_incoming_trace() {
     let received = wait_for_span(&collector, "GET api").await;
     let span = &received.span;
     assert_eq!(received.service, "edge-under-test");
+    // OTEL_EXPORTER_OTLP_HEADERS travel as gRPC metadata.
+    assert_eq!(
+        collector.tenant.lock().expect("lock").as_deref(),
+        Some("edge")
+    );
     assert_eq!(span.kind, SpanKind::Server as i32);
     assert_eq!(hex(&span.trace_id), trace_id, "same trace as the client's");
     assert_eq!(
@@ -445,6 +457,11 @@ upstream = "app"
             ("OTEL_SERVICE_NAME", "edge-from-env"),
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
             ("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "100"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=secret%20one,x-tenant=a",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=b"),
         ],
     );
     let response = common::client()
@@ -479,6 +496,9 @@ upstream = "app"
         request.header("content-type"),
         Some("application/x-protobuf")
     );
+    // OTEL_EXPORTER_OTLP_HEADERS, percent-decoded; the traces-specific variable wins.
+    assert_eq!(request.header("x-api-key"), Some("secret one"));
+    assert_eq!(request.header("x-tenant"), Some("b"));
     let decoded = ExportTraceServiceRequest::decode(request.body).expect("protobuf");
     let resource = decoded.resource_spans[0]
         .resource

@@ -17,7 +17,9 @@
 pub mod access_log;
 pub mod metrics;
 mod otlp;
+mod otlp_wire;
 mod settings;
+mod trace_export;
 pub mod traces;
 
 use std::net::IpAddr;

@@ -1,5 +1,6 @@
 //! The OTLP pipelines: a tracer provider with a bounded batch span processor and a meter
-//! provider with a periodic reader, exporting over gRPC (tonic) or http/protobuf.
+//! provider with a periodic reader, exporting over gRPC (tonic) or http/protobuf. Spans go
+//! through the proxy's own exporter ([`super::trace_export`]), metrics through the SDK's.
 //!
 //! The SDK's batch processor and periodic reader run on threads of their own and drive the
 //! exporters with a plain `block_on`. A tonic channel needs a tokio runtime for its
@@ -33,6 +34,7 @@ use tokio::runtime::Handle;
 
 use super::metrics::DURATION_BUCKETS;
 use super::settings::OtlpSettings;
+use super::trace_export::TraceExporter;
 use crate::config::OtlpProtocol;
 
 /// Instrumentation scope of every span and instrument.
@@ -60,7 +62,7 @@ impl Otlp {
         let resource = resource(&settings.service_name);
         let queued = Arc::new(AtomicUsize::new(0));
         let span_exporter = CountingExporter {
-            inner: span_exporter(settings, runtime)?,
+            inner: TraceExporter::new(settings, runtime)?,
             queued: queued.clone(),
             last_error_log: AtomicU64::new(0),
         };
@@ -179,28 +181,6 @@ fn resource(service_name: &str) -> Resource {
     builder.build()
 }
 
-fn span_exporter(
-    settings: &OtlpSettings,
-    runtime: &Handle,
-) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = match settings.protocol {
-        OtlpProtocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.trace_timeout)
-            .build()?,
-        OtlpProtocol::HttpProtobuf => builder
-            .with_http()
-            .with_http_client(RuntimeHttpClient::new(runtime, settings.trace_timeout)?)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(signal_url(&settings.endpoint, "traces"))
-            .with_timeout(settings.trace_timeout)
-            .build()?,
-    };
-    Ok(exporter)
-}
-
 fn metric_exporter(
     settings: &OtlpSettings,
     runtime: &Handle,
@@ -224,20 +204,20 @@ fn metric_exporter(
 }
 
 /// OTLP/HTTP: the base URL plus `/v1/<signal>`, as `OTEL_EXPORTER_OTLP_ENDPOINT` means it.
-fn signal_url(base: &str, signal: &str) -> String {
+pub(super) fn signal_url(base: &str, signal: &str) -> String {
     format!("{}/v1/{signal}", base.trim_end_matches('/'))
 }
 
 /// An OTLP/HTTP client whose requests run on the telemetry runtime, whatever thread (the
 /// SDK's batch thread, with no runtime) awaits them.
 #[derive(Debug)]
-struct RuntimeHttpClient {
+pub(super) struct RuntimeHttpClient {
     client: reqwest::Client,
     runtime: Handle,
 }
 
 impl RuntimeHttpClient {
-    fn new(runtime: &Handle, timeout: Duration) -> anyhow::Result<Self> {
+    pub(super) fn new(runtime: &Handle, timeout: Duration) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .no_proxy()

@@ -1,0 +1,259 @@
+//! The span exporter: batches encoded by [`super::otlp_wire`] (no per-span allocation)
+//! and sent over OTLP/gRPC (tonic, with a codec that passes the encoded bytes through) or
+//! OTLP/HTTP (protobuf body).
+//!
+//! The SDK's batch processor calls `export` from its own thread with a plain `block_on`;
+//! the network part is spawned onto the telemetry runtime, so a dead or silent collector
+//! only ever holds that background work, never a request.
+//! Headers come from `OTEL_EXPORTER_OTLP_HEADERS`, then `OTEL_EXPORTER_OTLP_TRACES_HEADERS`
+//! (`key=value,key2=value2`, values percent-encoded), as the OpenTelemetry exporters read
+//! them.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use http::uri::PathAndQuery;
+use opentelemetry_http::HttpClient;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use tokio::runtime::Handle;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::otlp::{signal_url, RuntimeHttpClient};
+use super::otlp_wire::encode_traces;
+use super::settings::OtlpSettings;
+use crate::config::OtlpProtocol;
+
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// A first guess of the encoded size of a span, to size the buffer once per batch.
+const BYTES_PER_SPAN: usize = 384;
+
+#[derive(Debug)]
+pub struct TraceExporter {
+    resource: Resource,
+    transport: Transport,
+    runtime: Handle,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Transport {
+    Grpc {
+        channel: Channel,
+        metadata: MetadataMap,
+    },
+    Http {
+        client: std::sync::Arc<RuntimeHttpClient>,
+        url: String,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+}
+
+impl TraceExporter {
+    /// Must run inside the telemetry runtime: the gRPC channel spawns its worker there.
+    pub fn new(settings: &OtlpSettings, runtime: &Handle) -> anyhow::Result<Self> {
+        let headers = env_headers(&|name| std::env::var(name).ok());
+        let transport = match settings.protocol {
+            OtlpProtocol::Grpc => {
+                let mut endpoint = Endpoint::from_shared(settings.endpoint.clone())?
+                    .timeout(settings.trace_timeout);
+                if settings.endpoint.starts_with("https:") {
+                    endpoint = endpoint.tls_config(ClientTlsConfig::new().with_enabled_roots())?;
+                }
+                let mut metadata = MetadataMap::new();
+                for (name, value) in headers {
+                    let key = MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes());
+                    match (key, MetadataValue::try_from(value.as_str())) {
+                        (Ok(key), Ok(value)) => {
+                            metadata.append(key, value);
+                        }
+                        _ => tracing::warn!("OTLP header {name:?} is not valid gRPC metadata"),
+                    }
+                }
+                Transport::Grpc {
+                    channel: endpoint.connect_lazy(),
+                    metadata,
+                }
+            }
+            OtlpProtocol::HttpProtobuf => Transport::Http {
+                client: std::sync::Arc::new(RuntimeHttpClient::new(
+                    runtime,
+                    settings.trace_timeout,
+                )?),
+                url: signal_url(&settings.endpoint, "traces"),
+                headers: headers
+                    .into_iter()
+                    .filter_map(|(name, value)| {
+                        let parsed = (
+                            http::HeaderName::try_from(name.as_str()),
+                            http::HeaderValue::try_from(value.as_str()),
+                        );
+                        match parsed {
+                            (Ok(name), Ok(value)) => Some((name, value)),
+                            _ => {
+                                tracing::warn!("OTLP header {name:?} is not a valid HTTP header");
+                                None
+                            }
+                        }
+                    })
+                    .collect(),
+            },
+        };
+        Ok(TraceExporter {
+            resource: Resource::builder_empty().build(),
+            transport,
+            runtime: runtime.clone(),
+            timeout: settings.trace_timeout,
+        })
+    }
+}
+
+impl SpanExporter for TraceExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut body = Vec::with_capacity(batch.len() * BYTES_PER_SPAN);
+        encode_traces(&self.resource, &batch, &mut body);
+        drop(batch);
+        let (transport, timeout) = (self.transport.clone(), self.timeout);
+        // Timers need the runtime too: the whole send, deadline included, runs there.
+        let send =
+            async move { tokio::time::timeout(timeout, transport.send(Bytes::from(body))).await };
+        match self.runtime.spawn(send).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(OTelSdkError::Timeout(self.timeout)),
+            Err(e) => Err(OTelSdkError::InternalFailure(format!("export task: {e}"))),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource.clone();
+    }
+}
+
+impl Transport {
+    async fn send(self, body: Bytes) -> OTelSdkResult {
+        let failed = |what: String| Err(OTelSdkError::InternalFailure(what));
+        match self {
+            Transport::Grpc { channel, metadata } => {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                if let Err(e) = grpc.ready().await {
+                    return failed(format!("gRPC channel: {e}"));
+                }
+                let mut request = tonic::Request::new(body);
+                *request.metadata_mut() = metadata;
+                let path = PathAndQuery::from_static(GRPC_EXPORT_PATH);
+                match grpc.unary(request, path, PassThrough).await {
+                    Ok(_) => Ok(()),
+                    Err(status) => failed(format!("gRPC {}: {}", status.code(), status.message())),
+                }
+            }
+            Transport::Http {
+                client,
+                url,
+                headers,
+            } => {
+                let mut request = http::Request::post(url)
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(body)
+                    .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+                request.headers_mut().extend(headers);
+                match client.send_bytes(request).await {
+                    Ok(response) if response.status().is_success() => Ok(()),
+                    Ok(response) => failed(format!("HTTP {}", response.status())),
+                    Err(e) => failed(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`, overridden key by key by
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`; malformed entries are skipped.
+fn env_headers(env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for var in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ] {
+        let Some(list) = env(var) else { continue };
+        for entry in list.split(',') {
+            let Some((key, value)) = entry.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if key.is_empty() {
+                continue;
+            }
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8_lossy()
+                .into_owned();
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+            headers.push((key.to_owned(), value));
+        }
+    }
+    headers
+}
+
+/// A gRPC codec for a request that is already protobuf bytes, and an answer
+/// (`ExportTraceServiceResponse`) that is not looked at.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThrough;
+
+impl Codec for PassThrough {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = PassThrough;
+    type Decoder = PassThrough;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PassThrough
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PassThrough
+    }
+}
+
+impl Encoder for PassThrough {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PassThrough {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_from_the_environment() {
+        let env = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_HEADERS" => Some("api-key=a%20b, tenant=one,broken".into()),
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => Some("Tenant=two".into()),
+            _ => None,
+        };
+        assert_eq!(
+            env_headers(&env),
+            vec![
+                ("api-key".to_owned(), "a b".to_owned()),
+                ("Tenant".to_owned(), "two".to_owned())
+            ]
+        );
+        assert!(env_headers(&|_| None).is_empty());
+    }
+}
