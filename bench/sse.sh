@@ -10,7 +10,8 @@
 #
 # Reports per proxy: streams lost, the RSS increase per held stream (KiB), and the p50/p99
 # latency per event (receive time minus the backend's send stamp: the proxy's added latency
-# plus the same loopback cost for both).
+# plus the same loopback cost for both). A `direct` run (the client on the backend itself, no
+# proxy) measures that floor, and the summary subtracts it: the added latency per proxy.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -124,23 +125,31 @@ CONF
     PROXY_PIDS=("$main" $(pgrep -P "$main" || true))
 }
 
-run_one() {  # run_one KIND ROUND
-    local kind=$1 round=$2 port out rss0 rss1 summary
-    port=$(free_port)
-    start_proxy "$kind" "$port"
-    sleep 0.5
-    rss0=$(rss_kib "${PROXY_PIDS[@]}")
+run_one() {  # run_one KIND ROUND — KIND nginx, edge, or direct (no proxy: the floor)
+    local kind=$1 round=$2 port out rss0=0 rss1=0 summary url
+    if [[ $kind == direct ]]; then
+        PROXY_PIDS=()
+        url="http://127.0.0.1:$BACKEND_PORT/sse"
+    else
+        port=$(free_port)
+        start_proxy "$kind" "$port"
+        sleep 0.5
+        rss0=$(rss_kib "${PROXY_PIDS[@]}")
+        url="http://127.0.0.1:$port/sse"
+    fi
     out="$TMP/client-$kind-$round.log"
-    taskset -c "$LOAD_CPU" "$SSE_BENCH" client --url "http://127.0.0.1:$port/sse" \
+    taskset -c "$LOAD_CPU" "$SSE_BENCH" client --url "$url" \
         --streams "$STREAMS" --hold-secs "$HOLD" >"$out" 2>&1 &
     local client=$!
     for _ in $(seq 1 1200); do grep -q '^established' "$out" && break; sleep 0.1; done
     sleep "$(( HOLD / 2 ))"   # streams idle between events: the memory they hold
-    rss1=$(rss_kib "${PROXY_PIDS[@]}")
+    [[ $kind == direct ]] || rss1=$(rss_kib "${PROXY_PIDS[@]}")
     wait "$client" || true
     summary=$(grep '^streams=' "$out" || echo "streams=0 lost=$STREAMS events=0 p50_us=0 p99_us=0 max_us=0")
-    kill "${PROXY_PIDS[0]}" 2>/dev/null || true
-    wait "${PROXY_PIDS[0]}" 2>/dev/null || true
+    if [[ $kind != direct ]]; then
+        kill "${PROXY_PIDS[0]}" 2>/dev/null || true
+        wait "${PROXY_PIDS[0]}" 2>/dev/null || true
+    fi
     local per_stream
     per_stream=$(awk -v a="$rss0" -v b="$rss1" -v n="$STREAMS" 'BEGIN { printf "%.1f", (b - a) / n }')
     printf '%s\tround=%s\t%s\trss_before_kib=%s\trss_held_kib=%s\tkib_per_stream=%s\n' \
@@ -149,16 +158,28 @@ run_one() {  # run_one KIND ROUND
 
 log "backend on 127.0.0.1:$BACKEND_PORT; $STREAMS streams, one event per ${EVERY_MS} ms, held ${HOLD} s, $ROUNDS round(s)"
 for round in $(seq 1 "$ROUNDS"); do
+    run_one direct "$round"
     run_one nginx "$round"
     run_one edge "$round"
 done
 
+median() {  # median KIND FIELD
+    grep "^$1" "$TMP/results.tsv" | tr '\t ' '\n\n' | awk -F= -v f="$2" '$1 == f { print $2 }' \
+        | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
 echo
-echo "median over rounds:"
-for kind in nginx edge; do
+echo "median over rounds (direct = client straight to the backend: the harness's own floor):"
+for kind in direct nginx edge; do
     for field in lost p50_us p99_us kib_per_stream; do
-        v=$(grep "^$kind" "$TMP/results.tsv" | tr '\t ' '\n\n' | awk -F= -v f="$field" '$1 == f { print $2 }' \
-            | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
-        printf '  %-6s %-15s %s\n' "$kind" "$field" "$v"
+        [[ $kind == direct && $field == kib_per_stream ]] && continue
+        printf '  %-6s %-15s %s\n' "$kind" "$field" "$(median "$kind" "$field")"
+    done
+done
+echo "added latency per event (proxy minus direct, at the same percentile):"
+for kind in nginx edge; do
+    for field in p50_us p99_us; do
+        printf '  %-6s %-15s %s\n' "$kind" "$field" \
+            "$(awk -v a="$(median "$kind" "$field")" -v b="$(median direct "$field")" 'BEGIN { print a - b }')"
     done
 done

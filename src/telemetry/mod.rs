@@ -36,7 +36,7 @@ use crate::state::SharedState;
 use access_log::{AccessLog, Entry};
 use metrics::{InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use otlp::Otlp;
-use traces::{ServerRequest, ServerSpan, TRACEPARENT, TRACESTATE};
+use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
 pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
 
@@ -218,10 +218,11 @@ pub fn inject_trace_context(
     if let Some(span) = &ctx.telemetry.span {
         let cx = span.span_context();
         if let Some(value) = traces::traceparent(cx) {
-            upstream_request.insert_header(TRACEPARENT.clone(), value)?;
+            // a `&'static str` name: Pingora keeps it as the header's case without a copy
+            upstream_request.insert_header("traceparent", value)?;
         }
         match traces::tracestate(cx) {
-            Some(value) => upstream_request.insert_header(TRACESTATE.clone(), value)?,
+            Some(value) => upstream_request.insert_header("tracestate", value)?,
             // the client's tracestate belongs to the client's span, not to ours
             None => {
                 upstream_request.remove_header(&TRACESTATE);

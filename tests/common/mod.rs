@@ -90,10 +90,19 @@ impl Backend {
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
         // Through `free_port`, so a backend never lands on a port another test of this
-        // binary holds as "closed" (the OS would otherwise hand that port out again).
-        let listener = TcpListener::bind(("127.0.0.1", free_port()))
-            .await
-            .expect("bind backend");
+        // binary holds as "closed" (the OS would otherwise hand that port out again). The
+        // port is free when picked but may be taken before the bind (an outgoing connection
+        // of another test, on a machine crowded with TIME_WAIT sockets): then pick again.
+        let mut attempts = 0;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", free_port())).await {
+                Ok(listener) => break listener,
+                Err(e) if attempts < 5 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    attempts += 1
+                }
+                Err(e) => panic!("bind backend: {e}"),
+            }
+        };
         Backend::serve(listener, handler)
     }
 
