@@ -59,11 +59,23 @@ impl EdgeProxy {
 
 /// What `request_filter` decided, computed while the request header is borrowed.
 enum Decision {
+    /// On to forward auth (if the route has it) and the upstream.
+    Proxy,
+    /// The proxy answers itself.
+    Answer(Answer),
+}
+
+/// The answers the proxy writes itself.
+enum Answer {
     Health,
     Reject(StatusCode, &'static str),
     Return(usize),
     CacheHit(std::sync::Arc<Entry>),
-    Proxy,
+}
+
+/// `decide`'s way of turning a request away with `status` (`why` goes to the debug log).
+fn reject(status: StatusCode, why: &'static str) -> Decision {
+    Decision::Answer(Answer::Reject(status, why))
 }
 
 #[async_trait]
@@ -95,9 +107,9 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let decision = self.decide(session, ctx);
         ctx.kind = match decision {
-            Decision::Health => RequestKind::Health,
+            Decision::Answer(Answer::Health) => RequestKind::Health,
             Decision::Proxy => RequestKind::Proxied,
-            _ => RequestKind::Local,
+            Decision::Answer(_) => RequestKind::Local,
         };
         crate::telemetry::request_started(session, ctx);
         let needs_auth = ctx.proxy_route().is_some_and(|r| r.auth.is_some());
@@ -107,7 +119,10 @@ impl ProxyHttp for EdgeProxy {
             // here (auth, cache hits, local answers) are boxed futures of their own, so
             // the common path above does not pay for copying their state.
             Decision::Proxy => Box::pin(self.forward_auth(session, ctx)).await,
-            decision => Box::pin(answer_locally(session, ctx, decision)).await,
+            Decision::Answer(answer) => {
+                Box::pin(answer_locally(session, ctx, answer)).await?;
+                Ok(true)
+            }
         }
     }
 
@@ -403,12 +418,12 @@ impl EdgeProxy {
         let req = session.req_header();
         let raw_path = req.uri.path();
         if config.health_paths.iter().any(|p| p == raw_path) {
-            return Decision::Health;
+            return Decision::Answer(Answer::Health);
         }
         let normalized = match normalize_path(raw_path) {
             Ok(path) => path,
             Err(e) => {
-                return Decision::Reject(
+                return reject(
                     StatusCode::BAD_REQUEST,
                     match e {
                         crate::routing::NormalizeError::AboveRoot => "path climbs above /",
@@ -420,20 +435,20 @@ impl EdgeProxy {
         // The request parser re-escapes raw control bytes of the request line (`\x01` → `%01`),
         // so they are caught here, decoded: no control character reaches routing or upstreams.
         if normalized.bytes().any(|b| b.is_ascii_control()) {
-            return Decision::Reject(StatusCode::BAD_REQUEST, "control character in the path");
+            return reject(StatusCode::BAD_REQUEST, "control character in the path");
         }
         let Some(found) = config.router.find(&normalized) else {
-            return Decision::Reject(StatusCode::NOT_FOUND, "no route");
+            return reject(StatusCode::NOT_FOUND, "no route");
         };
         ctx.route = Some(found.index);
         let route = match &config.routes[found.index].action {
-            RouteAction::Return { .. } => return Decision::Return(found.index),
+            RouteAction::Return { .. } => return Decision::Answer(Answer::Return(found.index)),
             RouteAction::Proxy(route) => route,
         };
         match content_length(req) {
-            Err(()) => return Decision::Reject(StatusCode::BAD_REQUEST, "bad Content-Length"),
+            Err(()) => return reject(StatusCode::BAD_REQUEST, "bad Content-Length"),
             Ok(Some(len)) if len > config.server.client_max_body_size => {
-                return Decision::Reject(
+                return reject(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "Content-Length over client_max_body_size",
                 )
@@ -443,12 +458,12 @@ impl EdgeProxy {
         if route.upstream_path.is_some() {
             ctx.upstream_uri = rewrite_uri(route, &normalized, found.matched_len, req.uri.query());
             if ctx.upstream_uri.is_none() {
-                return Decision::Reject(StatusCode::BAD_REQUEST, "path cannot be rewritten");
+                return reject(StatusCode::BAD_REQUEST, "path cannot be rewritten");
             }
         }
         match self.assets.lookup(config.cache, route, req, &normalized) {
             Lookup::Bypass => {}
-            Lookup::Hit(entry) => return Decision::CacheHit(entry),
+            Lookup::Hit(entry) => return Decision::Answer(Answer::CacheHit(entry)),
             Lookup::Miss(capture) => ctx.asset = Some(capture),
         }
         ctx.upstream = Some(snapshot.upstreams[route.upstream].clone());
@@ -456,14 +471,10 @@ impl EdgeProxy {
     }
 }
 
-/// Writes what `request_filter` decided to answer itself; always `Ok(true)`.
-async fn answer_locally(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    decision: Decision,
-) -> Result<bool> {
-    match decision {
-        Decision::Health => {
+/// Writes an answer `request_filter` decided the proxy gives itself.
+async fn answer_locally(session: &mut Session, ctx: &mut RequestCtx, answer: Answer) -> Result<()> {
+    match answer {
+        Answer::Health => {
             let method = &session.req_header().method;
             if method == Method::GET || method == Method::HEAD {
                 local_response(session, ctx, StatusCode::OK, Some("OK\n")).await?;
@@ -471,7 +482,7 @@ async fn answer_locally(
                 local_response(session, ctx, StatusCode::METHOD_NOT_ALLOWED, None).await?;
             }
         }
-        Decision::Reject(status, why) => {
+        Answer::Reject(status, why) => {
             tracing::debug!(
                 route = ctx.route_label(),
                 status = status.as_u16(),
@@ -485,16 +496,15 @@ async fn answer_locally(
                 discard_request_body(session).await;
             }
         }
-        Decision::Return(index) => {
+        Answer::Return(index) => {
             let snapshot = ctx.snapshot.clone();
             if let RouteAction::Return { status, body } = &snapshot.config.routes[index].action {
                 local_response(session, ctx, *status, body.as_deref()).await?;
             }
         }
-        Decision::CacheHit(entry) => crate::cache::serve_hit(session, ctx, &entry).await?,
-        Decision::Proxy => return Ok(false),
+        Answer::CacheHit(entry) => crate::cache::serve_hit(session, ctx, &entry).await?,
     }
-    Ok(true)
+    Ok(())
 }
 
 /// After an early 413, reads and drops what the client is still sending (bounded in time),
