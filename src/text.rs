@@ -15,6 +15,19 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// An IP address as `Display` writes it, into bytes (an encoded span).
+pub fn push_ip_bytes(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let (buf, len) = ipv4_digits(v4);
+            out.extend_from_slice(&buf[..len]);
+        }
+        IpAddr::V6(v6) => {
+            let _ = std::io::Write::write_fmt(out, format_args!("{v6}"));
+        }
+    }
+}
+
 /// A socket address as `Display` writes it.
 pub fn push_socket_addr(out: &mut String, addr: SocketAddr) {
     match addr {
@@ -43,7 +56,13 @@ pub fn socket_addr_string(addr: SocketAddr) -> String {
 }
 
 fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
-    // Digits straight into a stack buffer: this runs for every forwarded request.
+    let (buf, len) = ipv4_digits(ip);
+    // ASCII digits and dots: always UTF-8
+    out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
+}
+
+/// Dotted decimal in a stack buffer and its length: this runs for every forwarded request.
+fn ipv4_digits(ip: Ipv4Addr) -> ([u8; 15], usize) {
     let mut buf = [0u8; 15];
     let mut len = 0;
     for (i, octet) in ip.octets().into_iter().enumerate() {
@@ -62,8 +81,7 @@ fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
         buf[len] = b'0' + octet % 10;
         len += 1;
     }
-    // ASCII digits and dots: always UTF-8
-    out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
+    (buf, len)
 }
 
 /// A decimal number (`itoa`: no formatting machinery, no per-digit pushes).

@@ -302,6 +302,62 @@ async fn server_span_has_every_spec_attribute_and_joins_the_incoming_trace() {
     assert!(logged, "trace_id not in the access log");
 }
 
+/// The client's sampled flag decides (parent-based sampling) and its `tracestate` travels
+/// on with the proxy's own `traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_parent_is_followed_and_tracestate_travels() {
+    let (collector, app, _auth, proxy) = edge_with_collector().await;
+    let client = common::client();
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let sampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let send = |path: &'static str, traceparent: String| {
+        client
+            .get(proxy.url(path))
+            .header("traceparent", traceparent)
+            .header("tracestate", "vendor=1,other=x")
+            .send()
+    };
+    let response = send(
+        "/api/unsampled",
+        format!("00-{unsampled_trace}-b7ad6b7169203331-00"),
+    )
+    .await
+    .expect("request");
+    assert_eq!(response.status(), 200);
+    let upstream = app.last();
+    let traceparent = upstream.header("traceparent").unwrap_or_default();
+    assert!(
+        traceparent.starts_with(&format!("00-{unsampled_trace}-")) && traceparent.ends_with("-00"),
+        "unsampled context propagated: {traceparent}"
+    );
+    assert!(
+        !traceparent.contains("b7ad6b7169203331"),
+        "the proxy's own span id"
+    );
+    assert_eq!(upstream.header("tracestate"), Some("vendor=1,other=x"));
+
+    let response = send(
+        "/api/sampled",
+        format!("00-{sampled_trace}-b7ad6b7169203331-01"),
+    )
+    .await
+    .expect("request");
+    assert_eq!(response.status(), 200);
+    let span = wait_for_span(&collector, "GET api").await.span;
+    assert_eq!(hex(&span.trace_id), sampled_trace);
+    assert_eq!(span.trace_state, "vendor=1,other=x");
+    // sampled, parent known to be remote, and remote (SpanFlags)
+    assert_eq!(span.flags, 0x301);
+    // Spans leave in order: the unsampled one would have been in this export or before.
+    assert!(
+        collector
+            .spans()
+            .iter()
+            .all(|r| hex(&r.span.trace_id) != unsampled_trace),
+        "an unsampled request was exported"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_traceparent_starts_a_trace_and_5xx_is_an_error() {
     let (collector, app, _auth, proxy) = edge_with_collector().await;

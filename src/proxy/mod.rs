@@ -371,7 +371,11 @@ impl EdgeProxy {
         let auth = &snapshot.config.auth[auth_index];
         let upstream = &snapshot.upstreams[auth.upstream];
         let identity = ClientIdentity::of(session);
-        let span = crate::telemetry::traces::auth_span(ctx, &auth.name, &auth.path);
+        let span = crate::telemetry::traces::auth_span(
+            ctx.telemetry.server_span(),
+            &auth.name,
+            &auth.path,
+        );
         let outcome = self
             .auth
             .check(

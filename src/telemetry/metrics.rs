@@ -374,10 +374,9 @@ impl RouteMetrics {
     }
 
     /// `METHOD route`, the name of the route's SERVER spans.
-    pub fn span_name(&self, method: MethodLabel) -> String {
+    pub fn span_name(&self, method: MethodLabel) -> &str {
         self.span_names[method.index()]
             .get_or_init(|| format!("{} {}", method.semconv(), self.name))
-            .clone()
     }
 
     /// Counts a request in `edge_http_requests_in_flight` until the guard drops.

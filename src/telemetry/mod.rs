@@ -19,6 +19,7 @@ pub mod metrics;
 mod otlp;
 mod otlp_wire;
 mod settings;
+mod span_queue;
 mod trace_export;
 pub mod traces;
 
@@ -181,20 +182,8 @@ pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
     let route = metrics::route(ctx.route_label());
     ctx.telemetry.client = client_ip(session);
     if let (Some(otlp), RequestKind::Proxied) = (otlp, ctx.kind) {
-        let req = session.req_header();
-        let method = MethodLabel::of(&req.method);
-        ctx.telemetry.span = Some(Box::new(ServerSpan::start(
-            &otlp.tracer,
-            ServerRequest {
-                method,
-                name: route.span_name(method),
-                path: req.uri.path(),
-                route: route.name(),
-                headers: &req.headers,
-                client: ctx.telemetry.client,
-                host: host(req),
-            },
-        )));
+        let span = ServerSpan::start(otlp, &session.req_header().headers);
+        ctx.telemetry.span = Some(Box::new(span));
     }
     if prometheus {
         ctx.telemetry.in_flight = Some(route.clone().enter());
@@ -216,13 +205,11 @@ pub fn inject_trace_context(
     upstream_request: &mut RequestHeader,
 ) -> pingora::Result<()> {
     if let Some(span) = &ctx.telemetry.span {
-        let cx = span.span_context();
-        if let Some(value) = traces::traceparent(cx) {
-            // a `&'static str` name: Pingora keeps it as the header's case without a copy
-            upstream_request.insert_header("traceparent", value)?;
-        }
-        match traces::tracestate(cx) {
-            Some(value) => upstream_request.insert_header("tracestate", value)?,
+        let cx = span.context();
+        // a `&'static str` name: Pingora keeps it as the header's case without a copy
+        upstream_request.insert_header("traceparent", cx.traceparent())?;
+        match &cx.trace_state {
+            Some(state) => upstream_request.insert_header("tracestate", state.clone())?,
             // the client's tracestate belongs to the client's span, not to ours
             None => {
                 upstream_request.remove_header(&TRACESTATE);
@@ -294,9 +281,27 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
             prometheus,
             otlp,
         );
-        if let Some(span) = span {
+        if let (Some(span), Some(otlp)) = (span, otlp) {
             let peer = ctx.peer.zip(upstream.as_deref());
-            span.finish(status, peer.map(|(peer, u)| u.peer_name(peer)));
+            let upstream = peer.map(|(peer, u)| u.peer_name(peer));
+            let method = finished.method;
+            span.finish(
+                otlp,
+                &ServerRequest {
+                    name: route.span_name(method),
+                    method: method.semconv(),
+                    path: req.uri.path(),
+                    route: route.name(),
+                    client: ctx.telemetry.client,
+                    host: host(req),
+                    user_agent: req
+                        .headers
+                        .get(http::header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok()),
+                    status,
+                    upstream: upstream.as_deref(),
+                },
+            );
         }
     }
     drop(in_flight);
@@ -368,7 +373,7 @@ fn write_log_line(
         // Only the JSON format has the field.
         trace_id: span
             .filter(|_| format == LogFormat::Json)
-            .map(|s| crate::text::hex(&s.span_context().trace_id().to_bytes())),
+            .map(|s| s.context().trace_id_hex()),
     };
     access_log.write(access_log::format_line(format, &entry, SystemTime::now()));
 }

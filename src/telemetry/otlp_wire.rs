@@ -1,147 +1,191 @@
-//! OTLP trace export requests written straight from the SDK's `SpanData` into protobuf
-//! bytes (`ExportTraceServiceRequest`, opentelemetry-proto's `trace.proto`).
+//! OTLP trace export requests written straight into protobuf bytes
+//! (`ExportTraceServiceRequest`, opentelemetry-proto's `trace.proto`).
 //!
-//! Why not the SDK exporter's own encoding: it first converts every span into the
-//! generated proto structs (an owned `String`/`Vec` per id, name, attribute key and
-//! value), groups them through a hash map, encodes, then frees it all. Measured with
-//! `bench/instructions.sh telemetry`, that was about 14,000 instructions per span, more
-//! than half of what full telemetry costs a proxied request. Here a batch is one growing
-//! buffer and no per-span allocation; the bytes are the same message, checked in the tests
-//! by decoding them with opentelemetry-proto.
+//! Why not the SDK: its spans own every attribute (a `String` per path, host, user agent),
+//! its exporter converts them again into the generated proto structs, groups them through
+//! a hash map, encodes, then frees it all. Measured with `bench/instructions.sh telemetry`,
+//! the SDK path was the larger part of what full telemetry costs a proxied request. Here a
+//! span is encoded once, when it ends, from the request's own data (nothing copied before),
+//! into one buffer; a batch is those buffers framed by the resource and scope, which are
+//! encoded once at start. The bytes are checked in the tests by decoding them with
+//! opentelemetry-proto.
 //!
 //! Nested messages are length-prefixed: each is written after a one-byte length
-//! placeholder, and one longer than 127 bytes (a span) is then moved right to make room for
-//! its longer length: one `memmove`, cheaper than computing every length in a first pass.
+//! placeholder, and one longer than 127 bytes is then moved right to make room for its
+//! longer length: one `memmove`, cheaper than computing every length in a first pass.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::trace::SpanData;
+use opentelemetry::{Array, Value};
 use opentelemetry_sdk::Resource;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::encoding::{encode_varint, encoded_len_varint, WireType};
 
-/// Encodes one `ExportTraceServiceRequest` holding `spans`, all under `resource`; spans are
-/// grouped by instrumentation scope in the order they come (a batch usually has one).
-pub fn encode_traces(resource: &Resource, spans: &[SpanData], out: &mut Vec<u8>) {
-    if spans.is_empty() {
-        return;
-    }
-    // ExportTraceServiceRequest.resource_spans = 1
-    nested(out, 1, |out| {
-        // ResourceSpans.resource = 1
-        nested(out, 1, |out| {
-            for (key, value) in resource.iter() {
-                // Resource.attributes = 1
-                nested(out, 1, |out| key_value(out, key.as_str(), value));
-            }
-        });
-        let mut rest = spans;
-        while let Some(first) = rest.first() {
-            let scope = &first.instrumentation_scope;
-            let same = rest
-                .iter()
-                .position(|s| s.instrumentation_scope != *scope)
-                .unwrap_or(rest.len());
-            let (group, tail) = rest.split_at(same);
-            // ResourceSpans.scope_spans = 2
-            nested(out, 2, |out| scope_spans(out, scope, group));
-            rest = tail;
-        }
-        // ResourceSpans.schema_url = 3
-        string(out, 3, resource.schema_url().unwrap_or_default());
-    });
+/// `Span.SpanKind` values used by the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Server = 2,
+    Client = 3,
 }
 
-fn scope_spans(out: &mut Vec<u8>, scope: &InstrumentationScope, spans: &[SpanData]) {
-    // ScopeSpans.scope = 1
-    nested(out, 1, |out| {
-        string(out, 1, scope.name());
-        string(out, 2, scope.version().unwrap_or_default());
-        for attribute in scope.attributes() {
-            nested(out, 3, |out| attribute_kv(out, attribute));
-        }
-    });
-    for span in spans {
-        // ScopeSpans.spans = 2
-        nested(out, 2, |out| encode_span(out, span));
-    }
-    // ScopeSpans.schema_url = 3
-    string(out, 3, scope.schema_url().unwrap_or_default());
+/// Everything of a span but its attributes, which [`encode_span`] takes as a closure.
+pub struct SpanHead<'a> {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The parent came from another process (the client's `traceparent`).
+    pub parent_is_remote: bool,
+    /// W3C `tracestate`, as propagated.
+    pub trace_state: &'a str,
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    /// `Some(description)` marks the span as an error.
+    pub error: Option<&'a str>,
+    pub sampled: bool,
 }
 
-fn encode_span(out: &mut Vec<u8>, span: &SpanData) {
-    let cx = &span.span_context;
-    bytes(out, 1, &cx.trace_id().to_bytes());
-    bytes(out, 2, &cx.span_id().to_bytes());
-    string(out, 3, &cx.trace_state().header());
-    if span.parent_span_id != SpanId::INVALID {
-        bytes(out, 4, &span.parent_span_id.to_bytes());
-    }
-    string(out, 5, &span.name);
-    varint(out, 6, span_kind(&span.span_kind));
-    fixed64(out, 7, nanos(span.start_time));
-    fixed64(out, 8, nanos(span.end_time));
-    for attribute in &span.attributes {
-        nested(out, 9, |out| attribute_kv(out, attribute));
-    }
-    varint(out, 10, u64::from(span.dropped_attributes_count));
-    for event in span.events.iter() {
-        nested(out, 11, |out| {
-            fixed64(out, 1, nanos(event.timestamp));
-            string(out, 2, &event.name);
-            for attribute in &event.attributes {
-                nested(out, 3, |out| attribute_kv(out, attribute));
-            }
-            varint(out, 4, u64::from(event.dropped_attributes_count));
+/// The attributes of a span being encoded (`Span.attributes = 9`).
+pub struct Attributes<'a>(&'a mut Vec<u8>);
+
+impl Attributes<'_> {
+    pub fn str(&mut self, key: &str, value: &str) {
+        // AnyValue { string_value = 1 }
+        self.attribute(key, field_len(value.len()), |out| {
+            bytes_always(out, 1, value.as_bytes());
         });
     }
-    varint(out, 12, u64::from(span.events.dropped_count));
-    for link in span.links.iter() {
-        nested(out, 13, |out| {
-            let lcx = &link.span_context;
-            bytes(out, 1, &lcx.trace_id().to_bytes());
-            bytes(out, 2, &lcx.span_id().to_bytes());
-            string(out, 3, &lcx.trace_state().header());
-            for attribute in &link.attributes {
-                nested(out, 4, |out| attribute_kv(out, attribute));
-            }
-            varint(out, 5, u64::from(link.dropped_attributes_count));
-            fixed32(out, 6, flags(lcx, lcx.is_remote()));
+
+    pub fn int(&mut self, key: &str, value: i64) {
+        // AnyValue { int_value = 3 }, int64: two's complement
+        let value = value as u64;
+        self.attribute(key, 1 + encoded_len_varint(value), |out| {
+            varint_always(out, 3, value);
         });
     }
-    varint(out, 14, u64::from(span.links.dropped_count));
+
+    /// A string value written by `write` (a number or an address, without a `String`).
+    pub fn str_with(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
+        nested(self.0, 9, |out| {
+            string(out, 1, key);
+            nested(out, 2, |out| nested(out, 1, write));
+        });
+    }
+
+    /// `KeyValue { key = 1; AnyValue value = 2 }` whose value is `value_len` bytes long:
+    /// with the lengths known up front it is written straight, without placeholders.
+    fn attribute(&mut self, key: &str, value_len: usize, write_value: impl FnOnce(&mut Vec<u8>)) {
+        let kv_len = field_len(key.len()) + field_len(value_len);
+        let out = &mut *self.0;
+        out.reserve(field_len(kv_len));
+        put_key(out, 9, WireType::LengthDelimited);
+        put_varint(out, kv_len as u64);
+        bytes_always(out, 1, key.as_bytes());
+        put_key(out, 2, WireType::LengthDelimited);
+        put_varint(out, value_len as u64);
+        write_value(out);
+    }
+}
+
+/// Encoded size of a length-delimited field (tag below 16) holding `len` bytes.
+#[inline]
+fn field_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// Encodes one `Span` message (its fields, without tag and length) at the end of `out`.
+pub fn encode_span(
+    out: &mut Vec<u8>,
+    head: &SpanHead<'_>,
+    attributes: impl FnOnce(&mut Attributes<'_>),
+) {
+    bytes(out, 1, &head.trace_id);
+    bytes(out, 2, &head.span_id);
+    string(out, 3, head.trace_state);
+    if let Some(parent) = &head.parent_span_id {
+        bytes(out, 4, parent);
+    }
+    string(out, 5, head.name);
+    varint(out, 6, head.kind as u64);
+    fixed64(out, 7, nanos(head.start));
+    fixed64(out, 8, nanos(head.end));
+    attributes(&mut Attributes(out));
     // Span.status = 15: message = 2, code = 3 (UNSET 0, OK 1, ERROR 2)
-    nested(out, 15, |out| match &span.status {
-        Status::Unset => {}
-        Status::Ok => varint(out, 3, 1),
-        Status::Error { description } => {
+    nested(out, 15, |out| {
+        if let Some(description) = head.error {
             string(out, 2, description);
             varint(out, 3, 2);
         }
     });
-    fixed32(out, 16, flags(cx, span.parent_span_is_remote));
+    fixed32(out, 16, flags(head));
 }
 
 /// `SpanFlags`: the W3C trace flags, plus "whether the parent is remote is known" and,
 /// when it is, "remote" (as the SDK's exporter sets them).
-fn flags(cx: &SpanContext, remote: bool) -> u32 {
+fn flags(head: &SpanHead<'_>) -> u32 {
+    const SAMPLED: u32 = 0x01;
     const HAS_IS_REMOTE: u32 = 0x100;
     const IS_REMOTE: u32 = 0x200;
-    let mut flags = u32::from(cx.trace_flags().to_u8()) | HAS_IS_REMOTE;
-    if remote {
+    let mut flags = HAS_IS_REMOTE;
+    if head.sampled {
+        flags |= SAMPLED;
+    }
+    if head.parent_is_remote {
         flags |= IS_REMOTE;
     }
     flags
 }
 
-fn span_kind(kind: &SpanKind) -> u64 {
-    match kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
+/// The parts of every export request that never change: `Resource` and
+/// `InstrumentationScope`, encoded once.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+    resource_schema_url: String,
+}
+
+impl Envelope {
+    pub fn new(resource: &Resource, scope_name: &str, scope_version: &str) -> Envelope {
+        let mut encoded = Vec::new();
+        for (key, value) in resource.iter() {
+            // Resource.attributes = 1
+            nested(&mut encoded, 1, |out| {
+                string(out, 1, key.as_str());
+                nested(out, 2, |out| any_value(out, value));
+            });
+        }
+        let mut scope = Vec::new();
+        string(&mut scope, 1, scope_name);
+        string(&mut scope, 2, scope_version);
+        Envelope {
+            resource: encoded,
+            scope,
+            resource_schema_url: resource.schema_url().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// One `ExportTraceServiceRequest` of `spans` (each the output of [`encode_span`]).
+    pub fn encode_request<S: AsRef<[u8]>>(&self, spans: &[S], out: &mut Vec<u8>) {
+        if spans.is_empty() {
+            return;
+        }
+        // ExportTraceServiceRequest.resource_spans = 1
+        nested(out, 1, |out| {
+            // ResourceSpans.resource = 1
+            bytes_always(out, 1, &self.resource);
+            // ResourceSpans.scope_spans = 2
+            nested(out, 2, |out| {
+                // ScopeSpans.scope = 1
+                bytes_always(out, 1, &self.scope);
+                for span in spans {
+                    // ScopeSpans.spans = 2
+                    bytes_always(out, 2, span.as_ref());
+                }
+            });
+            // ResourceSpans.schema_url = 3
+            string(out, 3, &self.resource_schema_url);
+        });
     }
 }
 
@@ -150,17 +194,8 @@ fn nanos(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn attribute_kv(out: &mut Vec<u8>, attribute: &KeyValue) {
-    key_value(out, attribute.key.as_str(), &attribute.value);
-}
-
-/// `KeyValue { key = 1; AnyValue value = 2 }`.
-fn key_value(out: &mut Vec<u8>, key: &str, value: &Value) {
-    string(out, 1, key);
-    nested(out, 2, |out| any_value(out, value));
-}
-
-/// `AnyValue`: string 1, bool 2, int 3, double 4, array 5 (`ArrayValue { values = 1 }`).
+/// `AnyValue` of a resource attribute: string 1, bool 2, int 3, double 4, array 5
+/// (`ArrayValue { values = 1 }`).
 fn any_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::String(s) => string_always(out, 1, s.as_str()),
@@ -199,7 +234,7 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
 
 /// A length-delimited field whose content `write` appends.
 fn nested(out: &mut Vec<u8>, tag: u32, write: impl FnOnce(&mut Vec<u8>)) {
-    encode_key(tag, WireType::LengthDelimited, out);
+    put_key(out, tag, WireType::LengthDelimited);
     let start = out.len();
     out.push(0);
     write(out);
@@ -213,6 +248,27 @@ fn nested(out: &mut Vec<u8>, tag: u32, write: impl FnOnce(&mut Vec<u8>)) {
     encode_varint(len as u64, &mut prefix);
 }
 
+/// A varint; most are one byte (tags, short lengths), which skips prost's loop.
+#[inline]
+fn put_varint(out: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        out.push(value as u8);
+    } else {
+        long_varint(out, value);
+    }
+}
+
+/// Out of line, so that the one-byte case inlines small.
+#[inline(never)]
+fn long_varint(out: &mut Vec<u8>, value: u64) {
+    encode_varint(value, out);
+}
+
+#[inline]
+fn put_key(out: &mut Vec<u8>, tag: u32, wire_type: WireType) {
+    put_varint(out, u64::from(tag << 3 | wire_type as u32));
+}
+
 // proto3: fields at their default value are not written, except inside a `oneof`.
 
 fn string(out: &mut Vec<u8>, tag: u32, value: &str) {
@@ -221,6 +277,7 @@ fn string(out: &mut Vec<u8>, tag: u32, value: &str) {
     }
 }
 
+#[inline]
 fn string_always(out: &mut Vec<u8>, tag: u32, value: &str) {
     bytes_always(out, tag, value.as_bytes());
 }
@@ -231,9 +288,10 @@ fn bytes(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
     }
 }
 
+#[inline]
 fn bytes_always(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(value.len() as u64, out);
+    put_key(out, tag, WireType::LengthDelimited);
+    put_varint(out, value.len() as u64);
     out.extend_from_slice(value);
 }
 
@@ -243,9 +301,10 @@ fn varint(out: &mut Vec<u8>, tag: u32, value: u64) {
     }
 }
 
+#[inline]
 fn varint_always(out: &mut Vec<u8>, tag: u32, value: u64) {
-    encode_key(tag, WireType::Varint, out);
-    encode_varint(value, out);
+    put_key(out, tag, WireType::Varint);
+    put_varint(out, value);
 }
 
 fn fixed64(out: &mut Vec<u8>, tag: u32, value: u64) {
@@ -254,120 +313,167 @@ fn fixed64(out: &mut Vec<u8>, tag: u32, value: u64) {
     }
 }
 
+#[inline]
 fn fixed64_always(out: &mut Vec<u8>, tag: u32, value: u64) {
-    encode_key(tag, WireType::SixtyFourBit, out);
+    put_key(out, tag, WireType::SixtyFourBit);
     out.extend_from_slice(&value.to_le_bytes());
 }
 
 fn fixed32(out: &mut Vec<u8>, tag: u32, value: u32) {
     if value != 0 {
-        encode_key(tag, WireType::ThirtyTwoBit, out);
+        put_key(out, tag, WireType::ThirtyTwoBit);
         out.extend_from_slice(&value.to_le_bytes());
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
     use std::time::Duration;
 
-    use opentelemetry::trace::{
-        Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-    };
-    use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
+    use opentelemetry::KeyValue;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value, AnyValue, InstrumentationScope, KeyValue as ProtoKeyValue,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+    use opentelemetry_proto::tonic::trace::v1::{
+        span, status, ResourceSpans, ScopeSpans, Span, Status,
+    };
     use opentelemetry_sdk::Resource;
     use prost::Message;
 
-    use super::encode_traces;
+    use super::*;
 
-    fn context(trace: u128, span: u64, remote: bool) -> SpanContext {
-        SpanContext::new(
-            TraceId::from(trace),
-            SpanId::from(span),
-            TraceFlags::SAMPLED,
-            remote,
-            TraceState::from_key_value([("vendor", "value")]).unwrap_or_default(),
-        )
-    }
-
-    fn span(name: &'static str, scope: &InstrumentationScope, status: Status) -> SpanData {
-        let start = std::time::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        let mut events = SpanEvents::default();
-        events.events.push(Event::new(
-            "retry",
-            start + Duration::from_millis(3),
-            vec![KeyValue::new("attempt", 2i64)],
-            0,
-        ));
-        let mut links = SpanLinks::default();
-        links.links.push(Link::new(
-            context(7, 8, true),
-            vec![KeyValue::new("k", "v")],
-            0,
-        ));
-        links.dropped_count = 2;
-        SpanData {
-            span_context: context(
-                0x0af7651916cd43dd8448eb211c80319c,
-                0xb7ad6b7169203331,
-                false,
-            ),
-            parent_span_id: SpanId::from(0x00f067aa0ba902b7),
-            parent_span_is_remote: true,
-            span_kind: SpanKind::Server,
-            name: Cow::Borrowed(name),
-            start_time: start,
-            end_time: start + Duration::from_millis(12),
-            attributes: vec![
-                KeyValue::new("http.request.method", "GET"),
-                KeyValue::new("url.path", "/a/long/path/".repeat(20)),
-                KeyValue::new("http.response.status_code", 502i64),
-                KeyValue::new("negative", -7i64),
-                KeyValue::new("ratio", 0.25),
-                KeyValue::new("flag", true),
-                KeyValue::new(
-                    "list",
-                    Value::Array(vec![StringValue::from("a"), StringValue::from("b")].into()),
-                ),
-            ],
-            dropped_attributes_count: 1,
-            events,
-            links,
-            status,
-            instrumentation_scope: scope.clone(),
+    fn text(key: &str, value: &str) -> ProtoKeyValue {
+        ProtoKeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
         }
     }
 
-    /// Our bytes decode to exactly the message the SDK's own exporter would send.
+    fn int(key: &str, value: i64) -> ProtoKeyValue {
+        ProtoKeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(value)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn head<'a>(path_error: Option<&'a str>, parent: Option<[u8; 8]>) -> SpanHead<'a> {
+        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        SpanHead {
+            trace_id: 0x0af7651916cd43dd8448eb211c80319c_u128.to_be_bytes(),
+            span_id: 0xb7ad6b7169203331_u64.to_be_bytes(),
+            parent_span_id: parent,
+            parent_is_remote: parent.is_some(),
+            trace_state: "vendor=value",
+            name: "GET workflow",
+            kind: SpanKind::Server,
+            start,
+            end: start + Duration::from_millis(12),
+            error: path_error,
+            sampled: true,
+        }
+    }
+
+    /// Our bytes decode, with opentelemetry-proto, to the message the fields describe.
     #[test]
-    fn same_message_as_the_sdk_exporter() {
+    fn decodes_as_an_export_request() {
         let resource = Resource::builder_empty()
             .with_service_name("astron-edge")
             .with_attribute(KeyValue::new("deployment.environment", "test"))
+            .with_attribute(KeyValue::new("replicas", 3i64))
             .build();
-        let edge = InstrumentationScope::builder("astron-edge").build();
-        let other = InstrumentationScope::builder("other")
-            .with_version("1.2")
-            .build();
-        let spans = vec![
-            span("GET workflow", &edge, Status::Unset),
-            span("GET workflow", &edge, Status::error("HTTP 502")),
-            span("auth", &other, Status::Ok),
-        ];
-
+        let envelope = Envelope::new(&resource, "astron-edge", "1.0");
+        let long_path = "/a/long/path/".repeat(20);
+        let parent = 0x00f067aa0ba902b7_u64.to_be_bytes();
+        let mut first = Vec::new();
+        encode_span(&mut first, &head(None, Some(parent)), |a| {
+            a.str("url.path", &long_path);
+            a.int("http.response.status_code", 200);
+            a.int("negative", -7);
+            a.str_with("client.address", |out| out.extend_from_slice(b"10.0.0.1"));
+        });
+        let mut second = Vec::new();
+        encode_span(&mut second, &head(Some("HTTP 502"), None), |a| {
+            a.int("http.response.status_code", 502);
+        });
         let mut ours = Vec::new();
-        encode_traces(&resource, &spans, &mut ours);
+        envelope.encode_request(&[first, second], &mut ours);
         let decoded = ExportTraceServiceRequest::decode(ours.as_slice()).expect("decodes");
 
+        let span = |parent: Option<[u8; 8]>, attributes, status, flags| Span {
+            trace_id: 0x0af7651916cd43dd8448eb211c80319c_u128
+                .to_be_bytes()
+                .to_vec(),
+            span_id: 0xb7ad6b7169203331_u64.to_be_bytes().to_vec(),
+            trace_state: "vendor=value".into(),
+            parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+            flags,
+            name: "GET workflow".into(),
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: 1_700_000_000_123_456_789,
+            end_time_unix_nano: 1_700_000_000_135_456_789,
+            attributes,
+            dropped_attributes_count: 0,
+            events: vec![],
+            dropped_events_count: 0,
+            links: vec![],
+            dropped_links_count: 0,
+            status: Some(status),
+        };
+        let resource_attributes: Vec<ProtoKeyValue> = resource
+            .iter()
+            .map(|(k, v)| match v {
+                Value::I64(i) => int(k.as_str(), *i),
+                other => text(k.as_str(), &other.to_string()),
+            })
+            .collect();
         let expected = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(
-                spans,
-                &ResourceAttributesWithSchema::from(&resource),
-            ),
+            resource_spans: vec![ResourceSpans {
+                resource: Some(ProtoResource {
+                    attributes: resource_attributes,
+                    dropped_attributes_count: 0,
+                    entity_refs: vec![],
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "astron-edge".into(),
+                        version: "1.0".into(),
+                        attributes: vec![],
+                        dropped_attributes_count: 0,
+                    }),
+                    spans: vec![
+                        span(
+                            Some(parent),
+                            vec![
+                                text("url.path", &long_path),
+                                int("http.response.status_code", 200),
+                                int("negative", -7),
+                                text("client.address", "10.0.0.1"),
+                            ],
+                            Status::default(),
+                            0x301,
+                        ),
+                        span(
+                            None,
+                            vec![int("http.response.status_code", 502)],
+                            Status {
+                                message: "HTTP 502".into(),
+                                code: status::StatusCode::Error as i32,
+                            },
+                            0x101,
+                        ),
+                    ],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
         };
         assert_eq!(decoded, expected);
     }
@@ -375,7 +481,8 @@ mod tests {
     #[test]
     fn nothing_for_an_empty_batch() {
         let mut out = Vec::new();
-        encode_traces(&Resource::builder_empty().build(), &[], &mut out);
+        let envelope = Envelope::new(&Resource::builder_empty().build(), "x", "");
+        envelope.encode_request::<Vec<u8>>(&[], &mut out);
         assert!(out.is_empty());
     }
 }

@@ -1,10 +1,7 @@
-//! The span exporter: batches encoded by [`super::otlp_wire`] (no per-span allocation)
-//! and sent over OTLP/gRPC (tonic, with a codec that passes the encoded bytes through) or
-//! OTLP/HTTP (protobuf body).
-//!
-//! The SDK's batch processor calls `export` from its own thread with a plain `block_on`;
-//! the network part is spawned onto the telemetry runtime, so a dead or silent collector
-//! only ever holds that background work, never a request.
+//! The span exporter: export requests encoded by [`super::otlp_wire`], sent over
+//! OTLP/gRPC (tonic, with a codec that passes the encoded bytes through) or OTLP/HTTP
+//! (protobuf body), each within the export timeout. Called by the batching task
+//! ([`super::span_queue`]) on the telemetry runtime.
 //! Headers come from `OTEL_EXPORTER_OTLP_HEADERS`, then `OTEL_EXPORTER_OTLP_TRACES_HEADERS`
 //! (`key=value,key2=value2`, values percent-encoded), as the OpenTelemetry exporters read
 //! them.
@@ -14,29 +11,30 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes};
 use http::uri::PathAndQuery;
 use opentelemetry_http::HttpClient;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use opentelemetry_sdk::Resource;
 use tokio::runtime::Handle;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::otlp::{signal_url, RuntimeHttpClient};
-use super::otlp_wire::encode_traces;
 use super::settings::OtlpSettings;
 use crate::config::OtlpProtocol;
 
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-/// A first guess of the encoded size of a span, to size the buffer once per batch.
-const BYTES_PER_SPAN: usize = 384;
 
 #[derive(Debug)]
 pub struct TraceExporter {
-    resource: Resource,
     transport: Transport,
-    runtime: Handle,
     timeout: Duration,
+}
+
+/// Why an export failed (its spans are lost).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
 }
 
 #[derive(Debug, Clone)]
@@ -103,38 +101,23 @@ impl TraceExporter {
             },
         };
         Ok(TraceExporter {
-            resource: Resource::builder_empty().build(),
             transport,
-            runtime: runtime.clone(),
             timeout: settings.trace_timeout,
         })
     }
-}
 
-impl SpanExporter for TraceExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut body = Vec::with_capacity(batch.len() * BYTES_PER_SPAN);
-        encode_traces(&self.resource, &batch, &mut body);
-        drop(batch);
-        let (transport, timeout) = (self.transport.clone(), self.timeout);
-        // Timers need the runtime too: the whole send, deadline included, runs there.
-        let send =
-            async move { tokio::time::timeout(timeout, transport.send(Bytes::from(body))).await };
-        match self.runtime.spawn(send).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(OTelSdkError::Timeout(self.timeout)),
-            Err(e) => Err(OTelSdkError::InternalFailure(format!("export task: {e}"))),
-        }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.clone();
+    /// Sends one encoded `ExportTraceServiceRequest`; must run on the telemetry runtime.
+    pub async fn export(&self, body: Vec<u8>) -> Result<(), ExportError> {
+        let send = self.transport.clone().send(Bytes::from(body));
+        tokio::time::timeout(self.timeout, send)
+            .await
+            .map_err(|_| ExportError::Timeout(self.timeout))?
     }
 }
 
 impl Transport {
-    async fn send(self, body: Bytes) -> OTelSdkResult {
-        let failed = |what: String| Err(OTelSdkError::InternalFailure(what));
+    async fn send(self, body: Bytes) -> Result<(), ExportError> {
+        let failed = |what: String| Err(ExportError::Failed(what));
         match self {
             Transport::Grpc { channel, metadata } => {
                 let mut grpc = tonic::client::Grpc::new(channel);
@@ -157,7 +140,7 @@ impl Transport {
                 let mut request = http::Request::post(url)
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf")
                     .body(body)
-                    .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+                    .map_err(|e| ExportError::Failed(e.to_string()))?;
                 request.headers_mut().extend(headers);
                 match client.send_bytes(request).await {
                     Ok(response) if response.status().is_success() => Ok(()),

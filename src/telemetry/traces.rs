@@ -1,237 +1,387 @@
 //! Spans (SPEC §6): one SERVER span per proxied request, a CLIENT child span per
 //! forward-auth call, W3C trace context in and out.
 //!
-//! Nothing here runs when tracing is off: [`super::otlp_pipeline`] is `None` and every
-//! function returns at once. When it is on, a span costs its attributes and one enqueue
-//! on the batch processor; sampled-out spans get no attributes at all.
+//! Nothing here runs when tracing is off: [`super::otlp_pipeline`] is `None`. When it is
+//! on, starting a span is two random ids, a sampling decision and a clock read; nothing
+//! of the request is copied. A sampled span is encoded once, when it ends, straight from
+//! the request into OTLP protobuf ([`super::otlp_wire`]) and queued for export; a
+//! sampled-out span only propagates its context.
+//!
+//! Sampling is the OpenTelemetry SDK's `ParentBased(TraceIdRatioBased(ratio))`: a request
+//! with a valid `traceparent` follows its sampled flag, any other is sampled when the low
+//! 63 bits of its new trace id fall under `ratio`, so every service of the trace that
+//! samples by ratio decides alike.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::str::FromStr;
+use std::time::SystemTime;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
-};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry::trace::TraceState;
+use rand::Rng;
 
-use super::metrics::{AuthResult, MethodLabel};
-use crate::proxy::RequestCtx;
+use super::metrics::AuthResult;
+use super::otlp::Otlp;
+use super::otlp_wire::{Attributes, SpanHead, SpanKind};
 use crate::text;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// The SERVER span of one proxied request.
-pub struct ServerSpan {
-    span: Span,
+/// A span's identity as it is propagated (`traceparent` / `tracestate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+    /// W3C `tracestate`, carried over from the client's context.
+    pub trace_state: Option<HeaderValue>,
 }
 
-/// What the span says about its request when it starts.
+impl TraceContext {
+    /// A child of this context: same trace, sampling decision and state, a new span id.
+    fn child(&self) -> TraceContext {
+        TraceContext {
+            span_id: new_span_id(),
+            ..self.clone()
+        }
+    }
+
+    /// W3C `traceparent`: `00-<trace id>-<span id>-<flags>`, written without the formatting
+    /// machinery (this runs for every proxied request).
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut value = [b'-'; 55];
+        value[..2].copy_from_slice(b"00");
+        text::put_hex(&mut value[3..35], &self.trace_id);
+        text::put_hex(&mut value[36..52], &self.span_id);
+        text::put_hex(&mut value[53..], &[u8::from(self.sampled)]);
+        // ASCII hex digits and dashes: always a valid header value
+        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// `traceparent` and, when there is one, `tracestate`, for a request we send.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::with_capacity(2);
+        headers.push((TRACEPARENT.clone(), self.traceparent()));
+        if let Some(state) = &self.trace_state {
+            headers.push((TRACESTATE.clone(), state.clone()));
+        }
+        headers
+    }
+
+    /// The trace id as 32 lowercase hex digits (the JSON access log's `trace_id`).
+    pub fn trace_id_hex(&self) -> String {
+        text::hex(&self.trace_id)
+    }
+
+    /// The client's context from its `traceparent` (and `tracestate`), when valid.
+    fn extract(headers: &HeaderMap) -> Option<TraceContext> {
+        let (trace_id, span_id, sampled) =
+            parse_traceparent(headers.get(&TRACEPARENT)?.as_bytes())?;
+        // An invalid tracestate is dropped, the parent kept (as the W3C propagators do).
+        let trace_state = headers
+            .get(&TRACESTATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| TraceState::from_str(v).ok())
+            .map(|state| state.header())
+            .filter(|state| !state.is_empty())
+            .and_then(|state| HeaderValue::from_str(&state).ok());
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            sampled,
+            trace_state,
+        })
+    }
+}
+
+/// `version-traceid-parentid-flags`, all lowercase hex; version `ff`, all-zero ids and a
+/// version-00 header of the wrong length are invalid. Later versions may append fields.
+fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
+    let value = value.trim_ascii();
+    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let [version] = hex_bytes::<1>(&value[..2])?;
+    if version == 0xff
+        || (version == 0 && value.len() != 55)
+        || (value.len() > 55 && value[55] != b'-')
+    {
+        return None;
+    }
+    let trace_id = hex_bytes::<16>(&value[3..35])?;
+    let span_id = hex_bytes::<8>(&value[36..52])?;
+    let [flags] = hex_bytes::<1>(&value[53..55])?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some((trace_id, span_id, flags & 1 == 1))
+}
+
+/// `2 * N` lowercase hex digits as bytes.
+fn hex_bytes<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let mut out = [0; N];
+    if digits.len() != 2 * N {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+fn new_trace_id() -> [u8; 16] {
+    let mut rng = rand::rng();
+    loop {
+        let id: u128 = rng.random();
+        if id != 0 {
+            return id.to_be_bytes();
+        }
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    let mut rng = rand::rng();
+    loop {
+        let id: u64 = rng.random();
+        if id != 0 {
+            return id.to_be_bytes();
+        }
+    }
+}
+
+/// `TraceIdRatioBased`, as the OpenTelemetry SDKs compute it.
+fn sampled_by_ratio(trace_id: &[u8; 16], ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let upper_bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let mut low = [0; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    (u64::from_be_bytes(low) >> 1) < upper_bound
+}
+
+/// The SERVER span of one proxied request.
+pub struct ServerSpan {
+    context: TraceContext,
+    /// The client's span, when it sent a valid `traceparent`.
+    parent_span_id: Option<[u8; 8]>,
+    start: SystemTime,
+}
+
+/// What the span says about its request, read when it ends.
 pub struct ServerRequest<'a> {
-    pub method: MethodLabel,
     /// `METHOD route`.
-    pub name: String,
+    pub name: &'a str,
+    /// `http.request.method` (the semantic-convention value).
+    pub method: &'static str,
     pub path: &'a str,
-    pub route: &'a Arc<str>,
-    pub headers: &'a HeaderMap,
+    pub route: &'a str,
     pub client: Option<IpAddr>,
     /// `Host` without the port.
     pub host: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    /// What the client got; a 5xx marks the span as an error.
+    pub status: u16,
+    /// The upstream server's `address:port`, when one was chosen.
+    pub upstream: Option<&'a str>,
 }
-
-/// Attributes known at the start, plus room for the two added at the end: the builder
-/// moves the vector into the span as it is, so nothing is copied or grown later.
-const SPAN_ATTRIBUTES: usize = 9;
 
 impl ServerSpan {
     /// Starts the span as a child of the request's `traceparent`, if any.
-    pub fn start(tracer: &SdkTracer, req: ServerRequest<'_>) -> Self {
-        // Extracting from nothing still costs: only when there is a traceparent.
-        let parent = if req.headers.contains_key(&TRACEPARENT) {
-            TraceContextPropagator::new()
-                .extract_with_context(&Context::new(), &HeaderExtractor(req.headers))
-        } else {
-            Context::new()
+    pub fn start(otlp: &Otlp, headers: &HeaderMap) -> Self {
+        // Only a request that carries a traceparent pays for looking at it.
+        let parent = headers
+            .contains_key(&TRACEPARENT)
+            .then(|| TraceContext::extract(headers))
+            .flatten();
+        let (context, parent_span_id) = match parent {
+            Some(parent) => {
+                let child = parent.child();
+                (child, Some(parent.span_id))
+            }
+            None => {
+                let trace_id = new_trace_id();
+                let sampled = sampled_by_ratio(&trace_id, otlp.sampling_ratio);
+                let context = TraceContext {
+                    trace_id,
+                    span_id: new_span_id(),
+                    sampled,
+                    trace_state: None,
+                };
+                (context, None)
+            }
         };
-        let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
-        attributes.push(KeyValue::new("http.request.method", req.method.semconv()));
-        attributes.push(KeyValue::new("url.path", req.path.to_owned()));
-        attributes.push(KeyValue::new("http.route", req.route.clone()));
-        if let Some(ip) = req.client {
-            attributes.push(KeyValue::new("client.address", text::ip_string(ip)));
-        }
-        if let Some(host) = req.host {
-            attributes.push(KeyValue::new("server.address", host.to_owned()));
-        }
-        if let Some(agent) = req
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-        {
-            attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
-        }
-        let builder = tracer
-            .span_builder(req.name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes);
         ServerSpan {
-            span: tracer.build_with_context(builder, &parent),
+            context,
+            parent_span_id,
+            start: SystemTime::now(),
         }
     }
 
-    pub fn span_context(&self) -> &SpanContext {
-        self.span.span_context()
+    pub fn context(&self) -> &TraceContext {
+        &self.context
     }
 
-    /// Ends the span with the status sent to the client (a 5xx marks it as an error) and
-    /// the upstream server's `address:port`, when one was chosen.
-    pub fn finish(mut self, status: u16, upstream: Option<Arc<str>>) {
-        if self.span.is_recording() {
-            self.span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-            if let Some(upstream) = upstream {
-                self.span
-                    .set_attribute(KeyValue::new("upstream.address", upstream));
-            }
-            if status >= 500 {
-                self.span
-                    .set_status(Status::error(format!("HTTP {status}")));
-            }
+    /// Ends the span and queues it for export, when sampled.
+    pub fn finish(self, otlp: &Otlp, req: &ServerRequest<'_>) {
+        if !self.context.sampled {
+            return;
         }
-        self.span.end();
+        let error = (req.status >= 500).then(|| format!("HTTP {}", req.status));
+        let head = span_head(
+            &self.context,
+            self.parent_span_id.map(|id| (id, true)),
+            self.start,
+            req.name,
+            SpanKind::Server,
+            error.as_deref(),
+        );
+        otlp.queue_span(&head, |a| {
+            a.str("http.request.method", req.method);
+            a.str("url.path", req.path);
+            a.str("http.route", req.route);
+            if let Some(ip) = req.client {
+                a.str_with("client.address", |out| text::push_ip_bytes(out, ip));
+            }
+            if let Some(host) = req.host {
+                a.str("server.address", host);
+            }
+            if let Some(agent) = req.user_agent {
+                a.str("user_agent.original", agent);
+            }
+            a.int("http.response.status_code", i64::from(req.status));
+            if let Some(upstream) = req.upstream {
+                a.str("upstream.address", upstream);
+            }
+        });
     }
 }
 
-/// `traceparent` (and `tracestate`) of a span context, for a request we send.
-pub fn trace_headers(cx: &SpanContext) -> Vec<(HeaderName, HeaderValue)> {
-    let mut headers = Vec::with_capacity(2);
-    if let Some(value) = traceparent(cx) {
-        headers.push((TRACEPARENT.clone(), value));
+/// `parent` is the parent span's id and whether it is remote (another process's).
+fn span_head<'a>(
+    context: &'a TraceContext,
+    parent: Option<([u8; 8], bool)>,
+    start: SystemTime,
+    name: &'a str,
+    kind: SpanKind,
+    error: Option<&'a str>,
+) -> SpanHead<'a> {
+    SpanHead {
+        trace_id: context.trace_id,
+        span_id: context.span_id,
+        parent_span_id: parent.map(|(id, _)| id),
+        parent_is_remote: parent.is_some_and(|(_, remote)| remote),
+        trace_state: context
+            .trace_state
+            .as_ref()
+            .and_then(|s| s.to_str().ok())
+            .unwrap_or_default(),
+        name,
+        kind,
+        start,
+        end: SystemTime::now(),
+        error,
+        sampled: context.sampled,
     }
-    if let Some(value) = tracestate(cx) {
-        headers.push((TRACESTATE.clone(), value));
-    }
-    headers
-}
-
-/// W3C `traceparent`: `00-<trace id>-<span id>-<flags>`, written without the formatting
-/// machinery (this runs for every proxied request); `None` for an invalid context.
-pub fn traceparent(cx: &SpanContext) -> Option<HeaderValue> {
-    if !cx.is_valid() {
-        return None;
-    }
-    let mut value = [b'-'; 55];
-    value[..2].copy_from_slice(b"00");
-    text::put_hex(&mut value[3..35], &cx.trace_id().to_bytes());
-    text::put_hex(&mut value[36..52], &cx.span_id().to_bytes());
-    text::put_hex(
-        &mut value[53..],
-        &[(cx.trace_flags() & TraceFlags::SAMPLED).to_u8()],
-    );
-    HeaderValue::from_bytes(&value).ok()
-}
-
-/// W3C `tracestate`, when the context carries one (checked without formatting it).
-pub fn tracestate(cx: &SpanContext) -> Option<HeaderValue> {
-    if *cx.trace_state() == TraceState::NONE {
-        return None;
-    }
-    let state = cx.trace_state().header();
-    (!state.is_empty())
-        .then(|| HeaderValue::from_str(&state).ok())
-        .flatten()
 }
 
 /// The CLIENT span of a forward-auth call; a no-op when tracing is off.
-pub struct AuthSpan {
-    span: Option<Span>,
+pub struct AuthSpan<'a> {
+    span: Option<AuthCall<'a>>,
+}
+
+struct AuthCall<'a> {
+    otlp: &'static Otlp,
+    context: TraceContext,
+    parent_span_id: [u8; 8],
+    start: SystemTime,
+    auth_name: &'a str,
+    auth_path: &'a str,
 }
 
 /// Starts the auth call's span as a child of the request's SERVER span. Send
 /// [`AuthSpan::headers`] with the auth request and call [`AuthSpan::finish`] with the
 /// outcome.
-pub fn auth_span(ctx: &RequestCtx, auth_name: &str, auth_path: &str) -> AuthSpan {
-    let (Some(otlp), Some(server)) = (super::otlp_pipeline(), ctx.telemetry.server_span()) else {
+pub fn auth_span<'a>(
+    server: Option<&ServerSpan>,
+    auth_name: &'a str,
+    auth_path: &'a str,
+) -> AuthSpan<'a> {
+    let (Some(otlp), Some(server)) = (super::otlp_pipeline(), server) else {
         return AuthSpan { span: None };
     };
-    let parent = Context::new().with_remote_span_context(server.span_context().clone());
-    let builder = otlp
-        .tracer
-        .span_builder(format!("GET {auth_name}"))
-        .with_kind(SpanKind::Client);
-    let mut span = otlp.tracer.build_with_context(builder, &parent);
-    if span.is_recording() {
-        span.set_attributes([
-            KeyValue::new("http.request.method", "GET"),
-            KeyValue::new("url.path", auth_path.to_owned()),
-            KeyValue::new("auth.name", auth_name.to_owned()),
-        ]);
+    AuthSpan {
+        span: Some(AuthCall {
+            otlp,
+            context: server.context.child(),
+            parent_span_id: server.context.span_id,
+            start: SystemTime::now(),
+            auth_name,
+            auth_path,
+        }),
     }
-    AuthSpan { span: Some(span) }
 }
 
-impl AuthSpan {
+impl AuthSpan<'_> {
     /// `traceparent` / `tracestate` of this span for the auth request (empty when off).
     pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         self.span
             .as_ref()
-            .map(|s| trace_headers(s.span_context()))
+            .map(|s| s.context.headers())
             .unwrap_or_default()
     }
 
     /// Ends the span: `status` is the auth service's answer, `None` when there was none.
     pub fn finish(self, result: AuthResult, status: Option<u16>) {
-        let Some(mut span) = self.span else {
+        let Some(call) = self.span.filter(|s| s.context.sampled) else {
             return;
         };
-        if span.is_recording() {
+        let name = format!("GET {}", call.auth_name);
+        let error = (result == AuthResult::Error).then_some("forward auth failed");
+        let head = span_head(
+            &call.context,
+            Some((call.parent_span_id, false)),
+            call.start,
+            &name,
+            SpanKind::Client,
+            error,
+        );
+        call.otlp.queue_span(&head, |a: &mut Attributes<'_>| {
+            a.str("http.request.method", "GET");
+            a.str("url.path", call.auth_path);
+            a.str("auth.name", call.auth_name);
             if let Some(status) = status {
-                span.set_attribute(KeyValue::new(
-                    "http.response.status_code",
-                    i64::from(status),
-                ));
+                a.int("http.response.status_code", i64::from(status));
             }
-            span.set_attribute(KeyValue::new("auth.result", result.as_str()));
-            if result == AuthResult::Error {
-                span.set_status(Status::error("forward auth failed"));
-            }
-        }
-        span.end();
-    }
-}
-
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
+            a.str("auth.result", result.as_str());
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanId, TraceId};
+
+    fn context(state: Option<&'static str>) -> TraceContext {
+        TraceContext {
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736_u128.to_be_bytes(),
+            span_id: 0x00f067aa0ba902b7_u64.to_be_bytes(),
+            sampled: true,
+            trace_state: state.map(HeaderValue::from_static),
+        }
+    }
 
     #[test]
     fn traceparent_is_w3c() {
-        let cx = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
-            SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::from_key_value([("vendor", "x")]).expect("state"),
-        );
-        let headers = trace_headers(&cx);
+        let headers = context(Some("vendor=x")).headers();
         assert_eq!(
             headers[0].1,
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -240,6 +390,61 @@ mod tests {
             headers[1],
             (TRACESTATE.clone(), HeaderValue::from_static("vendor=x"))
         );
-        assert!(trace_headers(&SpanContext::empty_context()).is_empty());
+        assert_eq!(context(None).headers().len(), 1);
+    }
+
+    #[test]
+    fn traceparent_round_trips_and_bad_ones_are_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&TRACEPARENT, context(None).traceparent());
+        headers.insert(&TRACESTATE, HeaderValue::from_static("a=1,b=2"));
+        assert_eq!(
+            TraceContext::extract(&headers),
+            Some(context(Some("a=1,b=2")))
+        );
+
+        headers.insert(&TRACESTATE, HeaderValue::from_static("not a state"));
+        assert_eq!(TraceContext::extract(&headers), Some(context(None)));
+
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert_eq!(
+            parse_traceparent(unsampled.as_bytes()).map(|p| p.2),
+            Some(false)
+        );
+        // a later version may carry more fields
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
+        assert!(parse_traceparent(future.as_bytes()).is_some());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse_traceparent(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ratio_sampling_follows_the_trace_id() {
+        let with_low = |low: u64| {
+            let mut id = [0xab; 16];
+            id[8..].copy_from_slice(&low.to_be_bytes());
+            id
+        };
+        assert!(sampled_by_ratio(&with_low(u64::MAX), 1.0));
+        assert!(!sampled_by_ratio(&with_low(0), 0.0));
+        assert!(sampled_by_ratio(&with_low(u64::MAX / 4), 0.5));
+        assert!(!sampled_by_ratio(&with_low(u64::MAX / 4 * 3), 0.5));
+        let sampled = (0..10_000)
+            .filter(|_| sampled_by_ratio(&new_trace_id(), 0.25))
+            .count();
+        assert!(
+            (2_000..3_000).contains(&sampled),
+            "{sampled} of 10000 at 0.25"
+        );
     }
 }
