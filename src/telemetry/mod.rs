@@ -159,7 +159,7 @@ pub struct RequestTelemetry {
     upstream_started: Option<Instant>,
     /// Status of the upstream's response header.
     upstream_status: Option<u16>,
-    /// Boxed: the context is moved with Pingora's request futures, and an inline SDK span
+    /// Boxed: the context is moved with Pingora's request futures, and an inline span
     /// would make every request copy it, traced or not.
     span: Option<Box<ServerSpan>>,
 }

@@ -173,7 +173,7 @@ pub(super) fn signal_url(base: &str, signal: &str) -> String {
 }
 
 /// An OTLP/HTTP client whose requests run on the telemetry runtime, whatever thread (the
-/// SDK's batch thread, with no runtime) awaits them.
+/// SDK's metric reader thread, with no runtime) awaits them.
 #[derive(Debug)]
 pub(super) struct RuntimeHttpClient {
     client: reqwest::Client,
