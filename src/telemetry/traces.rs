@@ -138,23 +138,21 @@ fn hex_bytes<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
 }
 
 fn new_trace_id() -> [u8; 16] {
-    let mut rng = rand::rng();
-    loop {
-        let id: u128 = rng.random();
-        if id != 0 {
-            return id.to_be_bytes();
-        }
-    }
+    random_id()
 }
 
 fn new_span_id() -> [u8; 8] {
+    random_id()
+}
+
+/// Random bytes, never all zero (an invalid id in W3C trace context).
+fn random_id<const N: usize>() -> [u8; N] {
     let mut rng = rand::rng();
-    loop {
-        let id: u64 = rng.random();
-        if id != 0 {
-            return id.to_be_bytes();
-        }
+    let mut id = [0; N];
+    while id == [0; N] {
+        rng.fill(&mut id[..]);
     }
+    id
 }
 
 /// `TraceIdRatioBased`, as the OpenTelemetry SDKs compute it.
