@@ -36,109 +36,23 @@ WRK_ARGS=(-t1 -c"$CONNECTIONS")
 CONFIGS=("$@")
 [[ ${#CONFIGS[@]} -gt 0 ]] || CONFIGS=(bare small telemetry)
 
-log() { printf '[instructions] %s\n' "$*" >&2; }
-die() { printf '[instructions] ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=instructions
 
-for tool in valgrind callgrind_control wrk curl "$NGINX_BIN"; do
-    command -v "$tool" >/dev/null || die "$tool not found (apt-get install valgrind wrk nginx curl)"
-done
-if [[ ! -x $EDGE_BIN || ! -x $BARE_BIN ]]; then
-    log "building (cargo build --release) ..."
-    (cd "$REPO_DIR" && cargo build --release --bin astron-edge --example bare_proxy)
-fi
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+require_tools valgrind callgrind_control wrk curl "$NGINX_BIN"
 mkdir -p "$OUT_DIR"
-
-TMP=$(mktemp -d)
-chmod 755 "$TMP"   # the backend nginx worker (www-data) reads the payloads from here
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_http() {  # wait_http URL — valgrind starts slowly: up to 60 s
-    for _ in $(seq 1 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null) == 200 ]] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# The backend: bench/run.sh's nginx backend, same config and bodies.
-# shellcheck source=bench/payloads.sh
-source "$BENCH_DIR/payloads.sh"
-BACKEND_PORT=$(free_port)
-make_payloads "$TMP/www"
-mkdir -p "$TMP/backend/tmp"
-python3 - "$BENCH_DIR/nginx/backend.conf.tmpl" "$TMP/backend/nginx.conf" "$TMP" "$BACKEND_PORT" \
-    "$(<"$TMP/www/small.txt")" <<'PY'
-import sys
-tmpl, out, directory, port, small = sys.argv[1:]
-text = open(tmpl).read()
-for key, value in (("DIR", directory), ("BACKEND_PORT", port), ("SMALL_BODY", small)):
-    text = text.replace("@" + key + "@", value)
-open(out, "w").write(text)
-PY
-"$NGINX_BIN" -p "$TMP/backend" -c "$TMP/backend/nginx.conf" &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$BACKEND_PORT/backend-health" || die "backend did not start"
-
-# An OTLP sink for templates that export (telemetry): accepts and discards.
-OTLP_PORT=$(free_port)
-cat >"$TMP/otlp-sink.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $TMP/otlp-sink.pid;
-error_log $TMP/otlp-sink.log warn;
-events { worker_connections 256; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/backend;
-    proxy_temp_path $TMP/backend;
-    fastcgi_temp_path $TMP/backend;
-    uwsgi_temp_path $TMP/backend;
-    scgi_temp_path $TMP/backend;
-    server { listen 127.0.0.1:$OTLP_PORT; location / { return 200; } }
-}
-CONF
-"$NGINX_BIN" -c "$TMP/otlp-sink.conf" -p "$TMP" &
-PIDS+=("$!")
+start_backend
+# For templates that export (telemetry).
+start_otlp_sink
 
 declare -A IR_PER_REQ=()
 for config in "${CONFIGS[@]}"; do
     port=$(free_port)
     out="$OUT_DIR/callgrind.$config"
     rm -f "$out" "$out".*
-    if [[ $config == bare ]]; then
-        cmd=("$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$BACKEND_PORT")
-    elif [[ $config == nginx ]]; then
-        mkdir -p "$TMP/nginx/tmp"
-        python3 - "$BENCH_DIR/nginx/proxy.conf.tmpl" "$BENCH_DIR/nginx/$NGINX_SCENARIO.inc" "$TMP/nginx/nginx.conf" \
-            "$TMP/nginx" "$port" "$BACKEND_PORT" <<'PY'
-import sys
-tmpl, inc, out, slot, port, backend = sys.argv[1:]
-text = open(tmpl).read().replace("@SCENARIO@", open(inc).read())
-text = text.replace("master_process on;", "master_process off;")  # one process to count
-for key, value in (("SLOTDIR", slot), ("PORT", port), ("BACKEND_PORT", backend)):
-    text = text.replace("@" + key + "@", value)
-open(out, "w").write(text)
-PY
-        cmd=("$NGINX_BIN" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf")
-    else
-        tmpl="$BENCH_DIR/edge/$config.toml.tmpl"
-        [[ -f $tmpl ]] || die "no template $tmpl"
-        mkdir -p "$TMP/$config/log"
-        sed -e "s/@PORT@/$port/g" -e "s/@BACKEND_PORT@/$BACKEND_PORT/g" \
-            -e "s|@SLOTDIR@|$TMP/$config|g" -e "s/@METRICS_PORT@/$(free_port)/g" \
-            -e "s/@OTLP_PORT@/$OTLP_PORT/g" "$tmpl" >"$TMP/$config/astron-edge.toml"
-        grep -qE '@[A-Z_]+@' "$TMP/$config/astron-edge.toml" && die "unrendered placeholder in $tmpl"
-        cmd=("$EDGE_BIN" run -c "$TMP/$config/astron-edge.toml")
-    fi
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$TMP/$config.log" 2>&1 &
+    proxy_command "$config" "$port"
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "${CMD[@]}" >"$TMP/$config.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_http "http://127.0.0.1:$port$REQUEST_PATH" || { tail -20 "$TMP/$config.log" >&2; die "$config did not start"; }
