@@ -27,13 +27,6 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-EDGE_BIN=${EDGE_BIN:-$REPO_DIR/target/release/astron-edge}
-BARE_BIN=${BARE_BIN:-$REPO_DIR/target/release/examples/bare_proxy}
-NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
-REQUEST_PATH=${REQUEST_PATH:-/small}
-NGINX_SCENARIO=${NGINX_SCENARIO:-small}
-WRK_ARGS=(-t1 -c"$CONNECTIONS")
-[[ ${ACCEPT_GZIP:-0} == 1 ]] && WRK_ARGS+=(-H "Accept-Encoding: gzip")
 LOG_TAG=contend
 [[ $# == 2 ]] || { echo "usage: bench/contend.sh CONFIG_A CONFIG_B" >&2; exit 2; }
 [[ $1 != "$2" ]] || { echo "contend.sh: two different configurations" >&2; exit 2; }

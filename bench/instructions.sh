@@ -26,13 +26,6 @@ WARMUP_S=${WARMUP_S:-3}
 LOAD_S=${LOAD_S:-15}
 CONNECTIONS=${CONNECTIONS:-8}
 OUT_DIR=${OUT_DIR:-$REPO_DIR/target/instructions}
-EDGE_BIN=${EDGE_BIN:-$REPO_DIR/target/release/astron-edge}
-BARE_BIN=${BARE_BIN:-$REPO_DIR/target/release/examples/bare_proxy}
-NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
-REQUEST_PATH=${REQUEST_PATH:-/small}
-NGINX_SCENARIO=${NGINX_SCENARIO:-small}
-WRK_ARGS=(-t1 -c"$CONNECTIONS")
-[[ ${ACCEPT_GZIP:-0} == 1 ]] && WRK_ARGS+=(-H "Accept-Encoding: gzip")
 CONFIGS=("$@")
 [[ ${#CONFIGS[@]} -gt 0 ]] || CONFIGS=(bare small telemetry)
 

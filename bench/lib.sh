@@ -1,7 +1,15 @@
-# The harness shared by bench/instructions.sh and bench/contend.sh: a temp dir cleaned up at
-# exit, bench/run.sh's nginx backend (same config and bodies), an OTLP sink, and the command
-# line of each proxy configuration. Sourced, not run; expects BENCH_DIR, EDGE_BIN, BARE_BIN,
-# NGINX_BIN and NGINX_SCENARIO, and defines log/die with the caller's LOG_TAG.
+# The harness shared by bench/instructions.sh and bench/contend.sh: their common settings, a
+# temp dir cleaned up at exit, bench/run.sh's nginx backend (same config and bodies), an OTLP
+# sink, and the command line of each proxy configuration. Sourced, not run; expects
+# BENCH_DIR, REPO_DIR, CONNECTIONS and LOG_TAG.
+
+EDGE_BIN=${EDGE_BIN:-$REPO_DIR/target/release/astron-edge}
+BARE_BIN=${BARE_BIN:-$REPO_DIR/target/release/examples/bare_proxy}
+NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+REQUEST_PATH=${REQUEST_PATH:-/small}
+NGINX_SCENARIO=${NGINX_SCENARIO:-small}
+WRK_ARGS=(-t1 -c"$CONNECTIONS")
+[[ ${ACCEPT_GZIP:-0} == 1 ]] && WRK_ARGS+=(-H "Accept-Encoding: gzip")
 
 log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
 die() { printf '[%s] ERROR: %s\n' "$LOG_TAG" "$*" >&2; exit 1; }
