@@ -282,26 +282,23 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
             otlp,
         );
         if let (Some(span), Some(otlp)) = (span, otlp) {
-            let peer = ctx.peer.zip(upstream.as_deref());
-            let upstream = peer.map(|(peer, u)| u.peer_name(peer));
-            let method = finished.method;
-            span.finish(
-                otlp,
-                &ServerRequest {
-                    name: route.span_name(method),
-                    method: method.semconv(),
-                    path: req.uri.path(),
-                    route: route.name(),
-                    client: ctx.telemetry.client,
-                    host: host(req),
-                    user_agent: req
-                        .headers
-                        .get(http::header::USER_AGENT)
-                        .and_then(|v| v.to_str().ok()),
-                    status,
-                    upstream: upstream.as_deref(),
-                },
-            );
+            span.finish(otlp, || ServerRequest {
+                name: route.span_name(finished.method),
+                method: finished.method.semconv(),
+                path: req.uri.path(),
+                route: route.name(),
+                client: ctx.telemetry.client,
+                host: host(req),
+                user_agent: req
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok()),
+                status,
+                upstream: ctx
+                    .peer
+                    .zip(upstream.as_deref())
+                    .map(|(peer, u)| u.peer_name(peer)),
+            });
         }
     }
     drop(in_flight);

@@ -14,6 +14,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -189,7 +190,7 @@ pub struct ServerRequest<'a> {
     /// What the client got; a 5xx marks the span as an error.
     pub status: u16,
     /// The upstream server's `address:port`, when one was chosen.
-    pub upstream: Option<&'a str>,
+    pub upstream: Option<Arc<str>>,
 }
 
 impl ServerSpan {
@@ -228,11 +229,13 @@ impl ServerSpan {
         &self.context
     }
 
-    /// Ends the span and queues it for export, when sampled.
-    pub fn finish(self, otlp: &Otlp, req: &ServerRequest<'_>) {
+    /// Ends the span and queues it for export, when sampled; `request` is only asked for
+    /// then.
+    pub fn finish<'a>(self, otlp: &Otlp, request: impl FnOnce() -> ServerRequest<'a>) {
         if !self.context.sampled {
             return;
         }
+        let req = &request();
         let error = (req.status >= 500).then(|| format!("HTTP {}", req.status));
         let head = span_head(
             &self.context,
@@ -256,7 +259,7 @@ impl ServerSpan {
                 a.str("user_agent.original", agent);
             }
             a.int("http.response.status_code", i64::from(req.status));
-            if let Some(upstream) = req.upstream {
+            if let Some(upstream) = &req.upstream {
                 a.str("upstream.address", upstream);
             }
         });
