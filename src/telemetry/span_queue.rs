@@ -27,6 +27,9 @@ const EXPORT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Room for the resource and scope around a batch's spans.
 const ENVELOPE_BYTES: usize = 512;
 
+/// How the batching task answers [`SpanQueue::shutdown`] once the queue is exported.
+type Ack = std::sync::mpsc::Sender<()>;
+
 /// How spans are batched (the batch span processor's settings).
 #[derive(Debug, Clone, Copy)]
 pub struct BatchSettings {
@@ -44,7 +47,7 @@ pub struct SpanQueue {
     batch_size: usize,
     batch_ready: Arc<Notify>,
     /// Taken by [`SpanQueue::shutdown`].
-    stop: std::sync::Mutex<Option<oneshot::Sender<std::sync::mpsc::Sender<()>>>>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<Ack>>>,
 }
 
 impl SpanQueue {
@@ -121,19 +124,18 @@ impl Batcher {
         mut self,
         delay: Duration,
         batch_ready: Arc<Notify>,
-        mut stop: oneshot::Receiver<std::sync::mpsc::Sender<()>>,
+        mut stop: oneshot::Receiver<Ack>,
     ) {
         loop {
-            let done = tokio::select! {
+            let stopping = tokio::select! {
                 () = batch_ready.notified() => None,
                 () = tokio::time::sleep(delay) => None,
-                done = &mut stop => Some(done.ok()),
+                ack = &mut stop => Some(ack),
             };
             self.export_queued().await;
-            if let Some(done) = done {
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
+            if let Some(ack) = stopping {
+                // Drained: tell `shutdown`, unless it is gone (dropped, or no longer waiting).
+                let _ = ack.map(|ack| ack.send(()));
                 return;
             }
         }
