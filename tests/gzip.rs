@@ -147,6 +147,40 @@ async fn each_type_is_compressed_above_min_length() {
     }
 }
 
+/// Compressed answers go out corked (one segment instead of three): the cork must be
+/// lifted when each response ends, or every answer would wait for the kernel's 200 ms
+/// ceiling. Nine answers in a row on one kept-alive connection: the median is far below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_answers_are_not_held_back() {
+    let b = backend().await;
+    let proxy = start(&b);
+    let client = client();
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        let started = std::time::Instant::now();
+        let resp = client
+            .get(proxy.url("/x?ct=application/json&len=20000"))
+            .header("Accept-Encoding", "gzip")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.headers()["content-encoding"], "gzip");
+        resp.bytes().await.expect("body");
+        times.push(started.elapsed());
+    }
+    assert_eq!(
+        b.connections(),
+        1,
+        "the client connection was kept alive upstream too"
+    );
+    times.sort();
+    assert!(
+        times[4] < Duration::from_millis(100),
+        "median answer took {:?}: held back by the cork",
+        times[4]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_bodies_stay_plain_but_vary() {
     let b = backend().await;

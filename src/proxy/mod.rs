@@ -280,6 +280,9 @@ impl ProxyHttp for EdgeProxy {
         // The asset cache captures the upstream's own header, so it goes before the rest.
         crate::cache::response_filter(session.req_header(), response, ctx)?;
         crate::compress::response_filter(session.req_header(), response, ctx)?;
+        if ctx.gzip.is_some() {
+            crate::compress::hold_segments(session);
+        }
         add_configured_headers(response, ctx)
     }
 
@@ -299,6 +302,9 @@ impl ProxyHttp for EdgeProxy {
     /// Once per request, at its very end (SSE: when the stream ends): access log, metrics,
     /// span.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.gzip.is_some() {
+            crate::compress::release_segments(session);
+        }
         // What the client got; nginx's 499 when it left before anything was sent.
         let status = match session.response_written() {
             Some(response) => response.status.as_u16(),
