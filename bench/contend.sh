@@ -14,7 +14,9 @@
 # an astron-edge with telemetry runs its writer and exporter threads there too.)
 #
 # CONFIG is `bare` (examples/bare_proxy.rs), `nginx` (bench/run.sh's proxy config for
-# NGINX_SCENARIO, one process) or an astron-edge template bench/edge/NAME.toml.tmpl.
+# NGINX_SCENARIO, one process) or an astron-edge template bench/edge/NAME.toml.tmpl, which
+# may name another build as NAME@BINARY: `gzip gzip@/tmp/astron-edge.old` is an A/B of two
+# builds on one template.
 # Environment: ROUNDS=5 DURATION=10 WARMUP=2 CONNECTIONS=32 (per proxy) PROXY_CPU=0 LOAD_CPU=1
 #   REQUEST_PATH=/small, ACCEPT_GZIP=1 adds `Accept-Encoding: gzip`, NGINX_SCENARIO=small
 set -euo pipefail
@@ -38,26 +40,30 @@ require_tools taskset wrk curl "$NGINX_BIN"
 start_backend "$LOAD_CPU"
 start_otlp_sink "$LOAD_CPU"
 
-declare -A PORT=()
-for config in "${CONFIGS[@]}"; do
-    PORT[$config]=$(free_port)
-    proxy_command "$config" "${PORT[$config]}"
-    RUST_LOG=warn taskset -c "$PROXY_CPU" "${CMD[@]}" >"$TMP/$config.log" 2>&1 &
+# Each side gets its own slot (config directory, log, wrk output): both may use one template
+# with two builds.
+PORT=()
+for side in 0 1; do
+    spec=${CONFIGS[side]}
+    PORT[side]=$(free_port)
+    EDGE_BIN=$([[ $spec == *@* ]] && echo "${spec#*@}" || echo "$EDGE_BIN") \
+        proxy_command "${spec%%@*}" "${PORT[side]}" "side$side"
+    RUST_LOG=warn taskset -c "$PROXY_CPU" "${CMD[@]}" >"$TMP/side$side.log" 2>&1 &
     PIDS+=("$!")
-    wait_http "http://127.0.0.1:${PORT[$config]}$REQUEST_PATH" \
-        || { tail -20 "$TMP/$config.log" >&2; die "$config did not start"; }
+    wait_http "http://127.0.0.1:${PORT[side]}$REQUEST_PATH" \
+        || { tail -20 "$TMP/side$side.log" >&2; die "$spec did not start"; }
 done
 
 load() {  # load SECONDS — both proxies at once; prints "A_req/s B_req/s"
-    local config pids=() rates=()
-    for config in "${CONFIGS[@]}"; do
+    local side pids=() rates=()
+    for side in 0 1; do
         taskset -c "$LOAD_CPU" wrk "${WRK_ARGS[@]}" -d"$1s" \
-            "http://127.0.0.1:${PORT[$config]}$REQUEST_PATH" >"$TMP/wrk.$config" &
+            "http://127.0.0.1:${PORT[side]}$REQUEST_PATH" >"$TMP/wrk.side$side" &
         pids+=("$!")
     done
     wait "${pids[@]}"
-    for config in "${CONFIGS[@]}"; do
-        rates+=("$(awk '/^Requests\/sec/ { print $2 }' "$TMP/wrk.$config")")
+    for side in 0 1; do
+        rates+=("$(awk '/^Requests\/sec/ { print $2 }' "$TMP/wrk.side$side")")
     done
     echo "${rates[@]}"
 }

@@ -91,14 +91,14 @@ CONF
     PIDS+=("$!")
 }
 
-proxy_command() {  # proxy_command CONFIG PORT — sets CMD: `bare`, `nginx` or an edge template
-    local config=$1 port=$2 tmpl
+proxy_command() {  # proxy_command CONFIG PORT [SLOT] — sets CMD: `bare`, `nginx` or an edge template
+    local config=$1 port=$2 slot=${3:-$1} tmpl
     if [[ $config == bare ]]; then
         CMD=("$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$BACKEND_PORT")
     elif [[ $config == nginx ]]; then
-        mkdir -p "$TMP/nginx/tmp"
-        python3 - "$BENCH_DIR/nginx/proxy.conf.tmpl" "$BENCH_DIR/nginx/$NGINX_SCENARIO.inc" "$TMP/nginx/nginx.conf" \
-            "$TMP/nginx" "$port" "$BACKEND_PORT" <<'PY'
+        mkdir -p "$TMP/$slot/tmp"
+        python3 - "$BENCH_DIR/nginx/proxy.conf.tmpl" "$BENCH_DIR/nginx/$NGINX_SCENARIO.inc" "$TMP/$slot/nginx.conf" \
+            "$TMP/$slot" "$port" "$BACKEND_PORT" <<'PY'
 import sys
 tmpl, inc, out, slot, port, backend = sys.argv[1:]
 text = open(tmpl).read().replace("@SCENARIO@", open(inc).read())
@@ -107,15 +107,15 @@ for key, value in (("SLOTDIR", slot), ("PORT", port), ("BACKEND_PORT", backend))
     text = text.replace("@" + key + "@", value)
 open(out, "w").write(text)
 PY
-        CMD=("$NGINX_BIN" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf")
+        CMD=("$NGINX_BIN" -p "$TMP/$slot" -c "$TMP/$slot/nginx.conf")
     else
         tmpl="$BENCH_DIR/edge/$config.toml.tmpl"
         [[ -f $tmpl ]] || die "no template $tmpl"
-        mkdir -p "$TMP/$config/log"
+        mkdir -p "$TMP/$slot/log"
         sed -e "s/@PORT@/$port/g" -e "s/@BACKEND_PORT@/$BACKEND_PORT/g" \
-            -e "s|@SLOTDIR@|$TMP/$config|g" -e "s/@METRICS_PORT@/$(free_port)/g" \
-            -e "s/@OTLP_PORT@/${OTLP_PORT:-0}/g" "$tmpl" >"$TMP/$config/astron-edge.toml"
-        grep -qE '@[A-Z_]+@' "$TMP/$config/astron-edge.toml" && die "unrendered placeholder in $tmpl"
-        CMD=("$EDGE_BIN" run -c "$TMP/$config/astron-edge.toml")
+            -e "s|@SLOTDIR@|$TMP/$slot|g" -e "s/@METRICS_PORT@/$(free_port)/g" \
+            -e "s/@OTLP_PORT@/${OTLP_PORT:-0}/g" "$tmpl" >"$TMP/$slot/astron-edge.toml"
+        grep -qE '@[A-Z_]+@' "$TMP/$slot/astron-edge.toml" && die "unrendered placeholder in $tmpl"
+        CMD=("$EDGE_BIN" run -c "$TMP/$slot/astron-edge.toml")
     fi
 }
