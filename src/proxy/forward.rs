@@ -79,6 +79,47 @@ impl ClientIdentity {
     }
 }
 
+/// Makes sure `req` takes `extra` more headers without its header maps growing.
+///
+/// Pingora sizes the header maps of a parsed request for exactly its headers, and the copy
+/// it hands to `upstream_request_filter` keeps that size. A client that sends few headers
+/// (curl, health checkers, load generators) then makes the proxy's own headers grow and
+/// rehash both maps (values and original case) two or three times per request. Pingora
+/// has no way to reserve, so such a request is copied once into maps with room: callgrind
+/// counts ~3,700 instructions for the copy against ~5,400 for the growth it avoids (a
+/// one-header request: 1.5 % fewer instructions in all). Requests with room (most browsers
+/// send a dozen headers) are left alone.
+pub fn make_room(req: &mut RequestHeader, extra: usize) -> Result<()> {
+    let count = req.headers.len();
+    if req.headers.capacity() >= count + extra {
+        return Ok(());
+    }
+    // From the raw target, as Pingora's parser builds it: the URI, and the verbatim bytes
+    // where the URI cannot reproduce them, come out the same.
+    let mut roomy = if req.has_case() {
+        let mut roomy =
+            RequestHeader::build(req.method.clone(), req.raw_path(), Some(count + extra))?;
+        for (name, value) in req.case_header_iter() {
+            roomy.append_header(name.clone(), value.clone())?;
+        }
+        roomy
+    } else {
+        let mut roomy =
+            RequestHeader::build_no_case(req.method.clone(), req.raw_path(), Some(count + extra))?;
+        for (name, value) in &req.headers {
+            roomy.append_header(name.clone(), value.clone())?;
+        }
+        roomy
+    };
+    roomy.set_version(req.version);
+    if let Some(end_stream) = req.send_end_stream() {
+        roomy.set_send_end_stream(end_stream);
+    }
+    *roomy.extensions_mut() = req.extensions.clone();
+    *req = roomy;
+    Ok(())
+}
+
 /// The client address as a header value.
 fn ip_header_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(crate::text::ip_string(ip))
@@ -143,6 +184,47 @@ mod tests {
             set_request_headers: Vec::new(),
             hide_response_headers: Vec::new(),
         }
+    }
+
+    /// What Pingora sends upstream for `req`: request line and header lines.
+    fn wire(req: &RequestHeader) -> Vec<u8> {
+        let mut out = format!("{} ", req.method).into_bytes();
+        out.extend_from_slice(req.raw_path());
+        out.extend_from_slice(format!(" {:?}\r\n", req.version).as_bytes());
+        req.header_to_h1_wire(&mut out);
+        out
+    }
+
+    #[test]
+    fn making_room_keeps_the_request_as_sent() {
+        for target in [
+            "/a/b?x=1&y",
+            "http://example.com/p?q",
+            "/%7Bjson%7D?a=%22b%22",
+        ] {
+            let mut client = RequestHeader::build("POST", target.as_bytes(), Some(4)).unwrap();
+            client.set_version(http::Version::HTTP_10);
+            client.append_header("Host", "example.com").unwrap();
+            client.append_header("X-Custom-Case", "1").unwrap();
+            client.append_header("accept", "a").unwrap();
+            client.append_header("Accept", "b").unwrap();
+            // what Pingora hands to upstream_request_filter
+            let mut upstream = client.clone();
+            make_room(&mut upstream, 7).unwrap();
+            assert!(upstream.headers.capacity() >= 4 + 7, "{target}");
+            assert_eq!(wire(&upstream), wire(&client), "{target}");
+            assert_eq!(upstream.uri, client.uri, "{target}");
+            assert!(upstream.has_case());
+        }
+    }
+
+    #[test]
+    fn requests_with_room_are_left_alone() {
+        let mut req = RequestHeader::build("GET", b"/", Some(30)).unwrap();
+        req.append_header("Host", "h").unwrap();
+        let capacity = req.headers.capacity();
+        make_room(&mut req, 7).unwrap();
+        assert_eq!(req.headers.capacity(), capacity);
     }
 
     #[test]

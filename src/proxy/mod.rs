@@ -28,7 +28,7 @@ use crate::routing::normalize_path;
 use crate::state::SharedState;
 use crate::telemetry::AuthResult;
 use crate::upstream::Upstream;
-use forward::rewrite_uri;
+use forward::{make_room, rewrite_uri};
 use respond::{error_status, local_response, relay_denial};
 
 /// Idle time after which a pooled upstream connection is closed; also how long the pools of
@@ -212,6 +212,10 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Room for what is set below: the identity headers, `Host`, the trace context,
+        // `X-Accel-Buffering`, and the route's and forward auth's headers.
+        let own = 7 + ctx.proxy_route().map_or(0, |r| r.set_request_headers.len());
+        make_room(upstream_request, own + ctx.auth_headers.len())?;
         let client = session.req_header();
         ClientIdentity::of(session).apply(client, upstream_request)?;
         if let Some(host) = host_without_port(client) {
