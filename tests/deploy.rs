@@ -361,6 +361,48 @@ fn dockerfile_builds_as_ci_does() {
     }
 }
 
+/// The image's profile-guided build has what `bench/pgo.sh` needs: the script, its
+/// harness, and the training tools.
+#[test]
+fn dockerfile_pgo_build_has_its_script_and_tools() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let all = dockerfile();
+    let run = instructions(&all, "RUN");
+    assert!(
+        run.iter().any(|r| r.contains("bench/pgo.sh")),
+        "the image is no longer built with bench/pgo.sh: update this test and the README"
+    );
+    assert!(
+        instructions(&all, "COPY").contains(&"bench ./bench"),
+        "bench/ is not copied"
+    );
+    let mode = std::fs::metadata(repo("bench/pgo.sh"))
+        .expect("bench/pgo.sh")
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, "bench/pgo.sh is not executable");
+    let script = read("bench/pgo.sh");
+    assert!(script.contains("source \"$BENCH_DIR/lib.sh\""));
+    let install = run
+        .iter()
+        .find(|r| r.contains("apt-get install"))
+        .expect("an apt-get install");
+    for tool in ["nginx", "wrk", "curl", "python3"] {
+        assert!(
+            install.split_whitespace().any(|w| w == tool),
+            "{tool} is not installed for the PGO training"
+        );
+    }
+    let ignored = read("docker/Dockerfile.dockerignore");
+    assert!(
+        !ignored
+            .lines()
+            .any(|l| ["bench", "bench/"].contains(&l.trim())),
+        "bench/ is excluded from the build context"
+    );
+}
+
 // ---------------------------------------------------------------- Kubernetes example
 
 fn k8s_documents() -> Vec<Value> {
