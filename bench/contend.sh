@@ -48,10 +48,7 @@ for side in 0 1; do
     PORT[side]=$(free_port)
     EDGE_BIN=$([[ $spec == *@* ]] && echo "${spec#*@}" || echo "$EDGE_BIN") \
         proxy_command "${spec%%@*}" "${PORT[side]}" "side$side"
-    RUST_LOG=warn taskset -c "$PROXY_CPU" "${CMD[@]}" >"$TMP/side$side.log" 2>&1 &
-    PIDS+=("$!")
-    wait_http "http://127.0.0.1:${PORT[side]}$REQUEST_PATH" \
-        || { tail -20 "$TMP/side$side.log" >&2; die "$spec did not start"; }
+    start_proxy "side$side" "http://127.0.0.1:${PORT[side]}$REQUEST_PATH" taskset -c "$PROXY_CPU"
 done
 
 load() {  # load SECONDS — both proxies at once; prints "A_req/s B_req/s"

@@ -45,10 +45,9 @@ for config in "${CONFIGS[@]}"; do
     out="$OUT_DIR/callgrind.$config"
     rm -f "$out" "$out".*
     proxy_command "$config" "$port"
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "${CMD[@]}" >"$TMP/$config.log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    wait_http "http://127.0.0.1:$port$REQUEST_PATH" || { tail -20 "$TMP/$config.log" >&2; die "$config did not start"; }
+    start_proxy "$config" "http://127.0.0.1:$port$REQUEST_PATH" \
+        valgrind --tool=callgrind --callgrind-out-file="$out"
+    pid=$PROXY_PID
     wrk "${WRK_ARGS[@]}" -d"${WARMUP_S}s" "http://127.0.0.1:$port$REQUEST_PATH" >/dev/null
     callgrind_control -z "$pid" >/dev/null
     requests=$(wrk "${WRK_ARGS[@]}" -d"${LOAD_S}s" "http://127.0.0.1:$port$REQUEST_PATH" \

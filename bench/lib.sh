@@ -1,6 +1,7 @@
-# The harness shared by bench/instructions.sh and bench/contend.sh: their common settings, a
-# temp dir cleaned up at exit, bench/run.sh's nginx backend (same config and bodies), an OTLP
-# sink, and the command line of each proxy configuration. Sourced, not run; expects
+# The harness shared by bench/instructions.sh, bench/contend.sh and bench/pgo.sh: their common
+# settings, a temp dir cleaned up at exit, bench/run.sh's nginx backend (same config and
+# bodies), an OTLP sink, the command line of each proxy configuration and its start. Sourced,
+# not run; expects
 # BENCH_DIR, REPO_DIR, CONNECTIONS and LOG_TAG.
 
 EDGE_BIN=${EDGE_BIN:-$REPO_DIR/target/release/astron-edge}
@@ -118,4 +119,15 @@ PY
         grep -qE '@[A-Z_]+@' "$TMP/$slot/astron-edge.toml" && die "unrendered placeholder in $tmpl"
         CMD=("$EDGE_BIN" run -c "$TMP/$slot/astron-edge.toml")
     fi
+}
+
+start_proxy() {  # start_proxy NAME URL [WRAPPER...] — runs CMD (see proxy_command) in the
+                 # background under WRAPPER (taskset, valgrind), its output in $TMP/NAME.log,
+                 # stopped at exit; waits until URL answers 200. Sets PROXY_PID.
+    local name=$1 url=$2
+    shift 2
+    RUST_LOG=warn "$@" "${CMD[@]}" >"$TMP/$name.log" 2>&1 &
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    wait_http "$url" || { tail -20 "$TMP/$name.log" >&2; die "$name (${CMD[*]}) did not start"; }
 }

@@ -55,17 +55,15 @@ start_backend
 start_otlp_sink
 
 train() {  # train CONFIG PATH [gzip] — one workload; the profile is written at exit
-    local port pid headers=()
+    local port headers=()
     port=$(free_port)
     proxy_command "$1" "$port"
-    RUST_LOG=warn "${CMD[@]}" >"$TMP/$1.log" 2>&1 &
-    pid=$!
-    wait_http "http://127.0.0.1:$port$2" || { tail -20 "$TMP/$1.log" >&2; die "$1 did not start"; }
+    start_proxy "$1" "http://127.0.0.1:$port$2"
     [[ ${3:-} == gzip ]] && headers=(-H "Accept-Encoding: gzip")
     log "$1 $2 ${3:-}: $(wrk -t1 -c"$CONNECTIONS" "${headers[@]}" -d"${TRAIN_SECONDS}s" \
         "http://127.0.0.1:$port$2" | grep Requests/sec)"
-    kill -INT "$pid"
-    wait "$pid" || die "$1 did not exit cleanly: no profile"
+    kill -INT "$PROXY_PID"
+    wait "$PROXY_PID" || die "$1 did not exit cleanly: no profile"
 }
 train small /small
 train gzip /json20k gzip
