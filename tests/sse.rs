@@ -311,3 +311,58 @@ async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged() {
         proxy.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_leaving_before_the_answer_starts_closes_the_upstream_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw upstream that reads the request and never answers (a model slow to its first
+    // token), and notes when the request came and when the proxy closed the connection.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reached = Arc::new(Mutex::new(None));
+    let closed_at = Arc::new(Mutex::new(None));
+    let (reached_by, closed_by) = (reached.clone(), closed_at.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (reached_by, closed_by) = (reached_by.clone(), closed_by.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                    *reached_by.lock().expect("lock") = Some(Instant::now());
+                }
+                *closed_by.lock().expect("lock") = Some(Instant::now());
+            });
+        }
+    });
+    let proxy = Proxy::start(&format!(
+        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
+         [[routes]]\nname = \"slow\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\ntimeout = \"30s\"\n"
+    ));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: edge\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    let forwarded = common::wait_until(Duration::from_secs(3), || {
+        reached.lock().expect("lock").is_some()
+    })
+    .await;
+    assert!(forwarded, "the request never reached the upstream");
+    let left = Instant::now();
+    drop(client);
+    let closed = common::wait_until(Duration::from_secs(3), || {
+        closed_at.lock().expect("lock").is_some()
+    })
+    .await;
+    assert!(closed, "the upstream connection outlived the client");
+    let after = closed_at
+        .lock()
+        .expect("lock")
+        .map(|t| t.duration_since(left))
+        .unwrap_or_default();
+    assert!(after < Duration::from_secs(1), "closed after {after:?}");
+}

@@ -47,6 +47,9 @@ pub enum RequestKind {
     Health,
     Local,
     Proxied,
+    /// Relayed off Pingora's pipeline (an SSE stream): this context is what was left
+    /// behind, and the relay's own context has the request.
+    Detached,
 }
 
 impl RequestCtx {

@@ -3,8 +3,10 @@
 
 mod context;
 mod forward;
+mod relay;
 mod respond;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,20 +42,46 @@ const LINGERING_TIME: Duration = Duration::from_secs(5);
 
 static X_ACCEL_BUFFERING: header::HeaderName = header::HeaderName::from_static("x-accel-buffering");
 
+/// The proxy's phases. A handle: clones share everything, so that an SSE stream's relay
+/// (see `relay`) runs the same phases on a task of its own.
+#[derive(Clone)]
 pub struct EdgeProxy {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     state: SharedState,
     auth: AuthClient,
     /// The in-memory asset cache of `[cache]`: one per process, kept across reloads.
     assets: AssetCache,
+    /// The upstream connections of relayed SSE streams (Pingora's own pool is private to
+    /// its pipeline).
+    relay_connector: pingora::connectors::http::Connector,
 }
 
 impl EdgeProxy {
     pub fn new(state: SharedState) -> Self {
         EdgeProxy {
-            state,
-            auth: AuthClient::default(),
-            assets: AssetCache::default(),
+            shared: Arc::new(Shared {
+                state,
+                auth: AuthClient::default(),
+                assets: AssetCache::default(),
+                relay_connector: pingora::connectors::http::Connector::new(None),
+            }),
         }
+    }
+
+    fn relay_connector(&self) -> &pingora::connectors::http::Connector {
+        &self.shared.relay_connector
+    }
+
+    /// On to the upstream: Pingora's pipeline, or, for an SSE stream, a relay of its own.
+    fn proxy_on(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
+        if relay::detachable(session, ctx) {
+            relay::detach(self, session, ctx);
+            return true;
+        }
+        false
     }
 }
 
@@ -83,7 +111,7 @@ impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.state.load_full())
+        RequestCtx::new(self.shared.state.load_full())
     }
 
     /// No built-in modules: gzip is decided per response by the proxy itself, and the
@@ -114,11 +142,14 @@ impl ProxyHttp for EdgeProxy {
         crate::telemetry::request_started(session, ctx);
         let needs_auth = ctx.proxy_route().is_some_and(|r| r.auth.is_some());
         match decision {
-            Decision::Proxy if !needs_auth => Ok(false),
+            Decision::Proxy if !needs_auth => Ok(self.proxy_on(session, ctx)),
             // Pingora moves this future into a box on every request: the answers written
             // here (auth, cache hits, local answers) are boxed futures of their own, so
             // the common path above does not pay for copying their state.
-            Decision::Proxy => Box::pin(self.forward_auth(session, ctx)).await,
+            Decision::Proxy => {
+                let answered = Box::pin(self.forward_auth(session, ctx)).await?;
+                Ok(answered || self.proxy_on(session, ctx))
+            }
             Decision::Answer(answer) => {
                 Box::pin(answer_locally(session, ctx, answer)).await?;
                 Ok(true)
@@ -306,6 +337,9 @@ impl ProxyHttp for EdgeProxy {
     /// Once per request, at its very end (SSE: when the stream ends): access log, metrics,
     /// span.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.kind == RequestKind::Detached {
+            return; // the relay logs the request when its stream ends
+        }
         if ctx.gzip.is_some() {
             crate::compress::release_segments(session);
         }
@@ -387,6 +421,7 @@ impl EdgeProxy {
             &auth.path,
         );
         let outcome = self
+            .shared
             .auth
             .check(
                 auth,
@@ -475,7 +510,11 @@ impl EdgeProxy {
                 return reject(StatusCode::BAD_REQUEST, "path cannot be rewritten");
             }
         }
-        match self.assets.lookup(config.cache, route, req, &normalized) {
+        match self
+            .shared
+            .assets
+            .lookup(config.cache, route, req, &normalized)
+        {
             Lookup::Bypass => {}
             Lookup::Hit(entry) => return Decision::Answer(Answer::CacheHit(entry)),
             Lookup::Miss(capture) => ctx.asset = Some(capture),
