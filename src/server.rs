@@ -9,9 +9,10 @@ use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::config;
-use crate::proxy::EdgeProxy;
+use crate::proxy::{EdgeApp, EdgeProxy};
 use crate::reload::{self, ConfigReloader};
 use crate::shutdown::Lifecycle;
 use crate::state::{self, SharedState, Snapshot};
@@ -64,10 +65,10 @@ pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let lifecycle = Lifecycle::new(state.clone());
     telemetry::init(&state)?;
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        EdgeProxy::new(state.clone()),
-        "astron-edge",
+    let edge = EdgeProxy::new(state.clone(), lifecycle.shutdown_watch());
+    let mut proxy = Service::new(
+        "astron-edge".to_owned(),
+        EdgeApp::new(&server.configuration, edge),
     );
     for addr in &listen {
         // No L4 read buffer on plain HTTP: the request parser has its own, and the default

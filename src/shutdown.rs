@@ -77,6 +77,11 @@ impl Lifecycle {
         })
     }
 
+    /// The watch the proxy service runs with: `true` once it stops accepting.
+    pub fn shutdown_watch(&self) -> ShutdownWatch {
+        self.stop_accepting.subscribe()
+    }
+
     /// Runs `service` with this lifecycle's shutdown watch instead of pingora's, so that
     /// SIGTERM can stop its listeners before pingora's own shutdown; pingora's shutdown
     /// (after an upgrade hand-over) is passed on to it.

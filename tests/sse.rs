@@ -366,3 +366,53 @@ async fn client_leaving_before_the_answer_starts_closes_the_upstream_at_once() {
         .unwrap_or_default();
     assert!(after < Duration::from_secs(1), "closed after {after:?}");
 }
+
+/// Reads one chunked HTTP/1.1 response from `stream`: its head and body up to the
+/// terminating chunk.
+async fn read_chunked_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(b"\r\n0\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the response stalled")
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(seen).expect("utf-8 response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_stays_open_for_the_next_request_after_a_stream() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup().await;
+    let mut client = tokio::net::TcpStream::connect(s.proxy.addr)
+        .await
+        .expect("connect");
+    for round in 0..3 {
+        client
+            .write_all(b"GET /events?n=2&every=20 HTTP/1.1\r\nHost: edge\r\n\r\n")
+            .await
+            .expect("request");
+        let response = read_chunked_response(&mut client).await;
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "round {round}: {response}"
+        );
+        assert_eq!(
+            response.matches("data: ").count(),
+            2,
+            "round {round}: {response}"
+        );
+        assert!(
+            !response.to_ascii_lowercase().contains("connection: close"),
+            "round {round} closes the connection: {response}"
+        );
+    }
+}

@@ -12,10 +12,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
+use pingora::apps::ServerApp;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::protocols::Stream;
+use pingora::proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
 use pingora::{ErrorSource, ErrorType};
 
 pub use context::{RequestCtx, RequestKind};
@@ -51,6 +55,11 @@ pub struct EdgeProxy {
 
 struct Shared {
     state: SharedState,
+    /// The pipeline these phases run in, for a relayed stream to hand its connection back to
+    /// for the client's next request; set once by [`EdgeApp::new`].
+    pipeline: std::sync::OnceLock<std::sync::Weak<HttpProxy<EdgeProxy>>>,
+    /// Fires when the proxy stops accepting: no connection is kept alive past it.
+    shutdown: ShutdownWatch,
     auth: AuthClient,
     /// The in-memory asset cache of `[cache]`: one per process, kept across reloads.
     assets: AssetCache,
@@ -60,10 +69,12 @@ struct Shared {
 }
 
 impl EdgeProxy {
-    pub fn new(state: SharedState) -> Self {
+    pub fn new(state: SharedState, shutdown: ShutdownWatch) -> Self {
         EdgeProxy {
             shared: Arc::new(Shared {
                 state,
+                pipeline: std::sync::OnceLock::new(),
+                shutdown,
                 auth: AuthClient::default(),
                 assets: AssetCache::default(),
                 relay_connector: pingora::connectors::http::Connector::new(None),
@@ -82,6 +93,35 @@ impl EdgeProxy {
             return true;
         }
         false
+    }
+}
+
+/// The proxy service's application: Pingora's HTTP proxy running [`EdgeProxy`]'s phases.
+/// A wrapper only so that the phases can reach their own pipeline (a relayed SSE stream
+/// hands its connection back to it; Pingora's `Service` keeps its application to itself).
+pub struct EdgeApp(Arc<HttpProxy<EdgeProxy>>);
+
+impl EdgeApp {
+    pub fn new(conf: &Arc<ServerConf>, proxy: EdgeProxy) -> EdgeApp {
+        let pipeline = Arc::new(pingora::proxy::http_proxy(conf, proxy.clone()));
+        // Weak: the pipeline owns the phases, which must not keep it alive in turn.
+        let _ = proxy.shared.pipeline.set(Arc::downgrade(&pipeline));
+        EdgeApp(pipeline)
+    }
+}
+
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.0.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.0.cleanup().await;
     }
 }
 

@@ -12,18 +12,21 @@
 //! then ends as for a request the proxy answered itself, and a task of its own relays the
 //! stream through the same phases Pingora would call: `upstream_peer` and
 //! `fail_to_connect`, the request and response filters, `fail_to_proxy` and `logging`.
-//! The connection closes when the stream ends (`Connection: close`): an SSE client opens
-//! a new one for its next stream in any case.
+//! When the stream has ended cleanly, the connection goes back to Pingora's pipeline for
+//! the client's next request, as in Pingora's own keep-alive loop.
 //!
 //! Only HTTP/1 requests without `Upgrade` take this path; the rest stay in Pingora's.
 
 use std::io::Cursor;
+use std::sync::Weak;
 
 use http::{header, HeaderName, Version};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::ErrorType;
 
@@ -45,7 +48,7 @@ pub fn detachable(session: &Session, ctx: &RequestCtx) -> bool {
 /// spawns their relay. What is left behind is a closed placeholder, so that Pingora's
 /// pipeline ends at once without answering, logging or reusing anything.
 pub fn detach(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) {
-    let mut relayed = Session::new_h1(Box::new(Cursor::new(Vec::new())));
+    let mut relayed = Session::new_h1(closed_stream());
     std::mem::swap(relayed.as_downstream_mut(), session.as_downstream_mut());
     session.set_keepalive(None);
     let mut left_behind = RequestCtx::new(ctx.snapshot.clone());
@@ -54,17 +57,56 @@ pub fn detach(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) {
     tokio::spawn(relay(proxy.clone(), relayed, ctx));
 }
 
-/// The relay of one stream, from its upstream connection to the log line.
+/// The relay of one stream, from its upstream connection to the log line, and then the
+/// connection's next requests.
 async fn relay(proxy: EdgeProxy, mut session: Session, mut ctx: RequestCtx) {
-    // The stream ends the connection: the answer says so.
-    session.set_keepalive(None);
-    match stream(&proxy, &mut session, &mut ctx).await {
-        Ok(()) => proxy.logging(&mut session, None, &mut ctx).await,
-        Err(e) => {
-            proxy.fail_to_proxy(&mut session, &e, &mut ctx).await;
-            proxy.logging(&mut session, Some(&e), &mut ctx).await;
+    let reusable = match stream(&proxy, &mut session, &mut ctx).await {
+        Ok(()) => {
+            proxy.logging(&mut session, None, &mut ctx).await;
+            true
         }
+        Err(e) => {
+            let failed = proxy.fail_to_proxy(&mut session, &e, &mut ctx).await;
+            proxy.logging(&mut session, Some(&e), &mut ctx).await;
+            failed.can_reuse_downstream
+        }
+    };
+    drop(ctx); // the request is over: the drain no longer waits for it
+    if reusable {
+        serve_next(&proxy, session).await;
     }
+}
+
+/// Hands a kept-alive connection back to Pingora's pipeline for the client's next
+/// requests, as Pingora's own keep-alive loop does (not once the proxy stops accepting).
+async fn serve_next(proxy: &EdgeProxy, mut session: Session) {
+    let shutdown = &proxy.shared.shutdown;
+    let pipeline = proxy.shared.pipeline.get().and_then(Weak::upgrade);
+    let Some(pipeline) = pipeline.filter(|_| !*shutdown.borrow()) else {
+        return;
+    };
+    let downstream = std::mem::replace(
+        session.as_downstream_mut(),
+        ServerSession::new_http1(closed_stream()),
+    );
+    let settings = HttpPersistentSettings::for_session(&downstream);
+    // `None` unless the client keeps the connection and the exchange ended cleanly.
+    let Ok(Some(stream)) = downstream.finish().await else {
+        return;
+    };
+    let mut next = Some(ReusedHttpStream::from_reusable_stream(stream, settings));
+    while let Some((stream, settings)) = next.map(ReusedHttpStream::consume) {
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+        next = pipeline.process_new_http(session, shutdown).await;
+    }
+}
+
+/// A connection that is already closed: what stands in for a session moved elsewhere.
+fn closed_stream() -> Stream {
+    Box::new(Cursor::new(Vec::new()))
 }
 
 /// Connects, forwards the request (body streamed) and relays the answer chunk by chunk,
