@@ -73,7 +73,8 @@ async fn relay(proxy: EdgeProxy, mut session: Session, mut ctx: RequestCtx) {
     };
     drop(ctx); // the request is over: the drain no longer waits for it
     if reusable {
-        serve_next(&proxy, session).await;
+        // Boxed: the relay task does not carry its room (~2 KB) while the stream runs.
+        Box::pin(serve_next(&proxy, session)).await;
     }
 }
 
