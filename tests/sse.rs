@@ -416,3 +416,39 @@ async fn the_connection_stays_open_for_the_next_request_after_a_stream() {
         );
     }
 }
+
+/// The headers of the client's connection stay on it, on SSE routes as on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let s = setup().await;
+    let upstream = Backend::start(|_req: Recorded| async { Response::new(full("ok")) }).await;
+    let proxy = Proxy::start(&format!(
+        "[access_log]\npath = \"off\"\n[upstreams.sse]\nservers = [\"{}\"]\n\
+         [upstreams.plain]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"stream\"\nprefix = \"/events\"\nupstream = \"sse\"\nsse = true\n\
+         [[routes]]\nname = \"plain\"\nprefix = \"/\"\nupstream = \"plain\"\n",
+        s.backend.addr, upstream.addr
+    ));
+    for (path, backend) in [("/events?n=1", &s.backend), ("/plain", &upstream)] {
+        let resp = common::client()
+            .get(proxy.url(path))
+            .header("Connection", "keep-alive, X-Drop-Me")
+            .header("X-Drop-Me", "1")
+            .header("Keep-Alive", "timeout=5")
+            .header("TE", "trailers")
+            .header("Proxy-Authorization", "Basic c2VjcmV0OnNlY3JldA==")
+            .header("X-Kept", "1")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{path}");
+        if let Err(e) = resp.bytes().await {
+            panic!("{path}: {e:?}");
+        }
+        let seen = backend.last();
+        for dropped in ["x-drop-me", "keep-alive", "te", "proxy-authorization"] {
+            assert_eq!(seen.header(dropped), None, "{path} forwarded {dropped}");
+        }
+        assert_eq!(seen.header("x-kept"), Some("1"), "{path}");
+    }
+}

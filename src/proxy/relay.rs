@@ -259,14 +259,19 @@ fn upstream_request(client: &RequestHeader, has_body: bool) -> RequestHeader {
     request
 }
 
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// The headers of one connection, never forwarded: the same list Pingora strips on its
+/// own pipeline.
+static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Waits for `upstream_io` unless the client leaves first. The request is read to its end
