@@ -26,6 +26,9 @@ upstream = "app"
     )
 }
 
+/// Both ways a request reaches its upstream: Pingora's pipeline, and the relay of SSE routes.
+const ROUTE_KINDS: [&str; 2] = ["", "sse = true"];
+
 fn status_of(answer: &str) -> u16 {
     answer
         .split_whitespace()
@@ -36,36 +39,38 @@ fn status_of(answer: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_port_is_502_with_one_error_line() {
-    let port = free_port();
-    let proxy = Proxy::start(&proxied(&format!("\"127.0.0.1:{port}\""), ""));
-    let resp = common::client()
-        .get(proxy.url("/x"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status(), 502);
-    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
-    assert_eq!(resp.headers()["x-frame-options"], "SAMEORIGIN");
-    let body = resp.text().await.expect("body");
-    assert!(body.len() < 64 && body.contains("502"), "{body:?}");
-    let found = common::wait_until(Duration::from_secs(2), || {
-        proxy
+    for kind in ROUTE_KINDS {
+        let port = free_port();
+        let proxy = Proxy::start(&proxied(&format!("\"127.0.0.1:{port}\""), kind));
+        let resp = common::client()
+            .get(proxy.url("/x"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 502, "{kind}");
+        assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(resp.headers()["x-frame-options"], "SAMEORIGIN");
+        let body = resp.text().await.expect("body");
+        assert!(body.len() < 64 && body.contains("502"), "{kind}: {body:?}");
+        let found = common::wait_until(Duration::from_secs(2), || {
+            proxy
+                .stderr()
+                .lines()
+                .any(|l| l.contains("ERROR") && l.contains("app-route") && l.contains("app"))
+        })
+        .await;
+        assert!(
+            found,
+            "{kind}: no error line with route and upstream: {}",
+            proxy.stderr()
+        );
+        let lines = proxy
             .stderr()
             .lines()
-            .any(|l| l.contains("ERROR") && l.contains("app-route") && l.contains("app"))
-    })
-    .await;
-    assert!(
-        found,
-        "no error line with route and upstream: {}",
-        proxy.stderr()
-    );
-    let lines = proxy
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("ERROR"))
-        .count();
-    assert_eq!(lines, 1, "{}", proxy.stderr());
+            .filter(|l| l.contains("ERROR"))
+            .count();
+        assert_eq!(lines, 1, "{kind}: {}", proxy.stderr());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,41 +80,45 @@ async fn slow_upstream_is_504_at_the_route_timeout() {
         text_response(200, "late")
     })
     .await;
-    let proxy = Proxy::start(&proxied(
-        &format!("\"{}\"", backend.addr),
-        "timeout = \"1s\"",
-    ));
-    let started = Instant::now();
-    let resp = common::client()
-        .get(proxy.url("/slow"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status(), 504);
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
-        "{took:?}"
-    );
+    for kind in ROUTE_KINDS {
+        let proxy = Proxy::start(&proxied(
+            &format!("\"{}\"", backend.addr),
+            &format!("timeout = \"1s\"\n{kind}"),
+        ));
+        let started = Instant::now();
+        let resp = common::client()
+            .get(proxy.url("/slow"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 504, "{kind}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+            "{kind}: {took:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_retries_the_next_server() {
     let backend = Backend::echo().await;
     let dead = free_port();
-    let proxy = Proxy::start(&proxied(
-        &format!("\"127.0.0.1:{dead}\", \"{}\"", backend.addr),
-        "",
-    ));
-    for i in 0..6 {
-        let resp = common::client()
-            .get(proxy.url(&format!("/r{i}")))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(resp.status(), 200, "request {i}");
+    for kind in ROUTE_KINDS {
+        let proxy = Proxy::start(&proxied(
+            &format!("\"127.0.0.1:{dead}\", \"{}\"", backend.addr),
+            kind,
+        ));
+        for i in 0..6 {
+            let resp = common::client()
+                .get(proxy.url(&format!("/r{i}")))
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(resp.status(), 200, "{kind}: request {i}");
+        }
     }
-    assert_eq!(backend.count(), 6);
+    assert_eq!(backend.count(), 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
