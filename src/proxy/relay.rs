@@ -37,7 +37,6 @@ pub fn detachable(session: &Session, ctx: &RequestCtx) -> bool {
     let downstream = session.as_downstream();
     ctx.proxy_route().is_some_and(|r| r.sse)
         && matches!(downstream, ServerSession::H1(_))
-        && downstream.req_header().version != Version::HTTP_2
         && !downstream
             .req_header()
             .headers
@@ -134,7 +133,10 @@ async fn stream(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) 
     unless_client_leaves(session, upstream.read_response_header()).await?;
     let mut response: Box<ResponseHeader> = match upstream.response_header() {
         Some(header) => Box::new(header.clone()),
-        None => return Error::e_explain(ErrorType::InvalidHTTPHeader, "no upstream response"),
+        None => {
+            let e = Error::explain(ErrorType::InvalidHTTPHeader, "no upstream response header");
+            return Err(e.into_up());
+        }
     };
     proxy
         .upstream_response_filter(session, &mut response, ctx)
