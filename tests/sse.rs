@@ -452,3 +452,35 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         assert_eq!(seen.header("x-kept"), Some("1"), "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_answers_before_the_stream_are_not_relayed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw upstream: 103 Early Hints, then the stream: one event and its end.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let answer = "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n\
+                          HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                          Transfer-Encoding: chunked\r\n\r\nd\r\ndata: first\n\n\r\n0\r\n\r\n";
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let proxy = Proxy::start(&format!(
+        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
+         [[routes]]\nname = \"hints\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\n"
+    ));
+    let resp = common::client()
+        .get(proxy.url("/chat"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.text().await.expect("body"), "data: first\n\n");
+}

@@ -129,8 +129,17 @@ async fn stream(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) 
     forward_request_body(proxy, session, ctx, &mut upstream).await?;
 
     // An answer can take long to start (a model's first token): a client leaving meanwhile
-    // ends the exchange as it does mid-stream.
-    unless_client_leaves(session, upstream.read_response_header()).await?;
+    // ends the exchange as it does mid-stream. Interim answers (1xx) are not relayed, as in
+    // nginx.
+    loop {
+        unless_client_leaves(session, upstream.read_response_header()).await?;
+        if !upstream
+            .response_header()
+            .is_some_and(|h| h.status.is_informational())
+        {
+            break;
+        }
+    }
     let mut response: Box<ResponseHeader> = match upstream.response_header() {
         Some(header) => Box::new(header.clone()),
         None => {
