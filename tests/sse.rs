@@ -484,3 +484,47 @@ async fn interim_answers_before_the_stream_are_not_relayed() {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.text().await.expect("body"), "data: first\n\n");
 }
+
+/// SPEC §4: an SSE request is logged when its stream ends, with the bytes actually sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_logged_when_it_ends_with_the_bytes_sent() {
+    let gone = Arc::new(Mutex::new(None));
+    let backend = sse_backend(gone).await;
+    let proxy = Proxy::start(&format!(
+        "[access_log]\npath = \"access.log\"\nformat = \"json\"\n[upstreams.workflow]\n\
+         servers = [\"{}\"]\n[[routes]]\nname = \"stream\"\nprefix = \"/\"\n\
+         upstream = \"workflow\"\nsse = true\n",
+        backend.addr
+    ));
+    let log = proxy.dir().join("access.log");
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let mut resp = common::client()
+        .get(proxy.url("/events?n=3&every=300"))
+        .send()
+        .await
+        .expect("request");
+    let mut body = resp
+        .chunk()
+        .await
+        .expect("chunk")
+        .expect("first event")
+        .to_vec();
+    // The stream runs: nothing logged yet (the writer would have had 300 ms to write it).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(lines().is_empty(), "logged before the end: {:?}", lines());
+    while let Some(chunk) = resp.chunk().await.expect("chunk") {
+        body.extend_from_slice(&chunk);
+    }
+    let logged = common::wait_until(Duration::from_secs(5), || lines().len() == 1).await;
+    assert!(logged, "no line after the stream ended: {:?}", lines());
+    let line: serde_json::Value = serde_json::from_str(&lines()[0]).expect("json line");
+    assert_eq!(line["route"], "stream");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["body_bytes_sent"], body.len());
+}
