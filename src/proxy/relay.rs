@@ -58,22 +58,32 @@ pub fn detach(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) {
 
 /// The relay of one stream, from its upstream connection to the log line, and then the
 /// connection's next requests.
-async fn relay(proxy: EdgeProxy, mut session: Session, mut ctx: RequestCtx) {
-    let reusable = match stream(&proxy, &mut session, &mut ctx).await {
-        Ok(()) => {
-            proxy.logging(&mut session, None, &mut ctx).await;
-            true
+///
+/// A plain `fn` returning an `async move` block: the block uses its captures in place,
+/// where an `async fn` would also copy its arguments into locals, and the task would hold
+/// the session and the context twice (rust-lang/rust#62958).
+fn relay(
+    proxy: EdgeProxy,
+    mut session: Session,
+    mut ctx: RequestCtx,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let reusable = match stream(&proxy, &mut session, &mut ctx).await {
+            Ok(()) => {
+                proxy.logging(&mut session, None, &mut ctx).await;
+                true
+            }
+            Err(e) => {
+                let failed = proxy.fail_to_proxy(&mut session, &e, &mut ctx).await;
+                proxy.logging(&mut session, Some(&e), &mut ctx).await;
+                failed.can_reuse_downstream
+            }
+        };
+        drop(ctx); // the request is over: the drain no longer waits for it
+        if reusable {
+            // Boxed: the relay task does not carry its room (~2 KB) while the stream runs.
+            Box::pin(serve_next(&proxy, session)).await;
         }
-        Err(e) => {
-            let failed = proxy.fail_to_proxy(&mut session, &e, &mut ctx).await;
-            proxy.logging(&mut session, Some(&e), &mut ctx).await;
-            failed.can_reuse_downstream
-        }
-    };
-    drop(ctx); // the request is over: the drain no longer waits for it
-    if reusable {
-        // Boxed: the relay task does not carry its room (~2 KB) while the stream runs.
-        Box::pin(serve_next(&proxy, session)).await;
     }
 }
 
