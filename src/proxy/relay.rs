@@ -62,6 +62,7 @@ pub fn detach(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) {
 /// A plain `fn` returning an `async move` block: the block uses its captures in place,
 /// where an `async fn` would also copy its arguments into locals, and the task would hold
 /// the session and the context twice (rust-lang/rust#62958).
+#[allow(clippy::manual_async_fn)]
 fn relay(
     proxy: EdgeProxy,
     mut session: Session,
