@@ -126,6 +126,34 @@ async fn setup() -> Setup {
     }
 }
 
+/// A raw TCP upstream on 127.0.0.1, for answers no HTTP server library would give:
+/// `serve` runs on each connection it accepts.
+async fn raw_upstream<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
+/// One SSE route `name` to the upstream at `addr`, with a 30 s timeout.
+fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
+    format!(
+        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
+         [[routes]]\nname = \"{name}\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\n\
+         timeout = \"30s\"\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_arrives_alone_and_at_once() {
     let s = setup().await;
@@ -267,25 +295,16 @@ async fn large_chunked_upload_arrives_intact() {
 async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A raw upstream: one event of a chunked SSE response, then the connection drops.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf).await;
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(b"d\r\ndata: first\n\n\r\n").await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            drop(stream);
-        }
-    });
-    let proxy = Proxy::start(&format!(
-        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
-         [[routes]]\nname = \"dying\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\ntimeout = \"30s\"\n"
-    ));
+    let addr = raw_upstream(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(b"d\r\ndata: first\n\n\r\n").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+    let proxy = Proxy::start(&sse_route_to("dying", addr));
     let mut resp = common::client()
         .get(proxy.url("/x"))
         .send()
@@ -317,29 +336,21 @@ async fn client_leaving_before_the_answer_starts_closes_the_upstream_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A raw upstream that reads the request and never answers (a model slow to its first
     // token), and notes when the request came and when the proxy closed the connection.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let reached = Arc::new(Mutex::new(None));
     let closed_at = Arc::new(Mutex::new(None));
     let (reached_by, closed_by) = (reached.clone(), closed_at.clone());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let (reached_by, closed_by) = (reached_by.clone(), closed_by.clone());
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
-                    *reached_by.lock().expect("lock") = Some(Instant::now());
-                }
-                *closed_by.lock().expect("lock") = Some(Instant::now());
-            });
+    let addr = raw_upstream(move |mut stream| {
+        let (reached_by, closed_by) = (reached_by.clone(), closed_by.clone());
+        async move {
+            let mut buf = [0u8; 4096];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                *reached_by.lock().expect("lock") = Some(Instant::now());
+            }
+            *closed_by.lock().expect("lock") = Some(Instant::now());
         }
-    });
-    let proxy = Proxy::start(&format!(
-        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
-         [[routes]]\nname = \"slow\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\ntimeout = \"30s\"\n"
-    ));
+    })
+    .await;
+    let proxy = Proxy::start(&sse_route_to("slow", addr));
     let mut client = tokio::net::TcpStream::connect(proxy.addr)
         .await
         .expect("connect");
@@ -457,24 +468,16 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 async fn interim_answers_before_the_stream_are_not_relayed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A raw upstream: 103 Early Hints, then the stream: one event and its end.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf).await;
-            let answer = "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n\
-                          HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-                          Transfer-Encoding: chunked\r\n\r\nd\r\ndata: first\n\n\r\n0\r\n\r\n";
-            let _ = stream.write_all(answer.as_bytes()).await;
-        }
-    });
-    let proxy = Proxy::start(&format!(
-        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
-         [[routes]]\nname = \"hints\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\n"
-    ));
+    let addr = raw_upstream(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let answer = "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n\
+                      HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                      Transfer-Encoding: chunked\r\n\r\nd\r\ndata: first\n\n\r\n0\r\n\r\n";
+        let _ = stream.write_all(answer.as_bytes()).await;
+    })
+    .await;
+    let proxy = Proxy::start(&sse_route_to("hints", addr));
     let resp = common::client()
         .get(proxy.url("/chat"))
         .send()
