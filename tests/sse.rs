@@ -317,13 +317,7 @@ async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged() {
         end.is_ok(),
         "the client stream hung after the upstream died"
     );
-    let logged = common::wait_until(Duration::from_secs(2), || {
-        proxy
-            .stderr()
-            .lines()
-            .any(|l| l.contains("ERROR") && l.contains("dying") && l.contains("workflow"))
-    })
-    .await;
+    let logged = proxy.logged_error(&["dying", "workflow"]).await;
     assert!(
         logged,
         "no error line with route and upstream: {}",

@@ -52,13 +52,7 @@ async fn closed_port_is_502_with_one_error_line() {
         assert_eq!(resp.headers()["x-frame-options"], "SAMEORIGIN");
         let body = resp.text().await.expect("body");
         assert!(body.len() < 64 && body.contains("502"), "{kind}: {body:?}");
-        let found = common::wait_until(Duration::from_secs(2), || {
-            proxy
-                .stderr()
-                .lines()
-                .any(|l| l.contains("ERROR") && l.contains("app-route") && l.contains("app"))
-        })
-        .await;
+        let found = proxy.logged_error(&["app-route", "app"]).await;
         assert!(
             found,
             "{kind}: no error line with route and upstream: {}",

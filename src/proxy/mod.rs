@@ -82,10 +82,6 @@ impl EdgeProxy {
         }
     }
 
-    fn relay_connector(&self) -> &pingora::connectors::http::Connector {
-        &self.shared.relay_connector
-    }
-
     /// On to the upstream: Pingora's pipeline, or, for an SSE stream, a relay of its own.
     fn proxy_on(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
         if relay::detachable(session, ctx) {

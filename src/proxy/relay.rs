@@ -137,7 +137,13 @@ async fn stream(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) 
         .write_request_header(Box::new(request))
         .await
         .map_err(|e| e.into_up())?;
-    forward_request_body(proxy, session, ctx, &mut upstream).await?;
+    if has_body {
+        forward_request_body(proxy, session, ctx, &mut upstream).await?;
+    }
+    upstream
+        .finish_request_body()
+        .await
+        .map_err(|e| e.into_up())?;
 
     // An answer can take long to start (a model's first token): a client leaving meanwhile
     // ends the exchange as it does mid-stream. Interim answers (1xx) are not relayed, as in
@@ -185,7 +191,7 @@ async fn stream(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) 
             .map_err(|e| e.into_down())?;
     }
     if upstream.response_done() {
-        let pool = proxy.relay_connector();
+        let pool = &proxy.shared.relay_connector;
         Box::pin(pool.release_http_session(upstream, &*peer, Some(UPSTREAM_IDLE_TIMEOUT))).await;
     }
     Ok(())
@@ -200,7 +206,7 @@ async fn connect(
 ) -> Result<(UpstreamSession, Box<HttpPeer>)> {
     loop {
         let peer = proxy.upstream_peer(session, ctx).await?;
-        match proxy.relay_connector().get_http_session(&*peer).await {
+        match proxy.shared.relay_connector.get_http_session(&*peer).await {
             Ok((mut upstream, _reused)) => {
                 upstream.set_read_timeout(peer.options.read_timeout);
                 upstream.set_write_timeout(peer.options.write_timeout);
@@ -216,40 +222,33 @@ async fn connect(
     }
 }
 
-/// Streams the client's request body (if any) to the upstream, through
-/// `request_body_filter`, then ends the upstream request.
+/// Streams the client's request body to the upstream, through `request_body_filter`.
 async fn forward_request_body(
     proxy: &EdgeProxy,
     session: &mut Session,
     ctx: &mut RequestCtx,
     upstream: &mut UpstreamSession,
 ) -> Result<()> {
-    if !session.is_body_empty() {
-        loop {
-            let mut chunk = session
-                .as_downstream_mut()
-                .read_request_body()
+    loop {
+        let mut chunk = session
+            .as_downstream_mut()
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?;
+        let end = chunk.is_none() || session.as_downstream_mut().is_body_done();
+        proxy
+            .request_body_filter(session, &mut chunk, end, ctx)
+            .await?;
+        if let Some(data) = chunk.filter(|d| !d.is_empty()) {
+            upstream
+                .write_request_body(data, end)
                 .await
-                .map_err(|e| e.into_down())?;
-            let end = chunk.is_none() || session.as_downstream_mut().is_body_done();
-            proxy
-                .request_body_filter(session, &mut chunk, end, ctx)
-                .await?;
-            if let Some(data) = chunk.filter(|d| !d.is_empty()) {
-                upstream
-                    .write_request_body(data, end)
-                    .await
-                    .map_err(|e| e.into_up())?;
-            }
-            if end {
-                break;
-            }
+                .map_err(|e| e.into_up())?;
+        }
+        if end {
+            return Ok(());
         }
     }
-    upstream
-        .finish_request_body()
-        .await
-        .map_err(|e| e.into_up())
 }
 
 /// The client's request as the upstream gets it before the route's filters: HTTP/1.1,

@@ -304,6 +304,17 @@ impl Proxy {
         panic!("astron-edge did not become ready: {}", self.stderr());
     }
 
+    /// Waits (up to 2 s) for an ERROR line of the proxy's that names every one of `names`
+    /// (a route and its upstream, say).
+    pub async fn logged_error(&self, names: &[&str]) -> bool {
+        wait_until(Duration::from_secs(2), || {
+            self.stderr()
+                .lines()
+                .any(|l| l.contains("ERROR") && names.iter().all(|n| l.contains(n)))
+        })
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
