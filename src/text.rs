@@ -5,26 +5,37 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-/// An IP address as `Display` writes it.
-pub fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => push_ipv4(out, v4),
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+/// An IP address as `Display` writes it, in a stack buffer: a request's client address
+/// is formatted once and read by the access log and the span.
+pub struct IpText {
+    buf: [u8; 46],
+    len: usize,
 }
 
-/// An IP address as `Display` writes it, into bytes (an encoded span).
-pub fn push_ip_bytes(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let (buf, len) = ipv4_digits(v4);
-            out.extend_from_slice(&buf[..len]);
-        }
-        IpAddr::V6(v6) => {
-            let _ = std::io::Write::write_fmt(out, format_args!("{v6}"));
-        }
+impl IpText {
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut buf = [0; 46];
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                let (digits, len) = ipv4_digits(v4);
+                buf[..len].copy_from_slice(&digits[..len]);
+                len
+            }
+            IpAddr::V6(v6) => {
+                let mut rest = &mut buf[..];
+                // at most 39 characters
+                match std::io::Write::write_fmt(&mut rest, format_args!("{v6}")) {
+                    Ok(()) => 46 - rest.len(),
+                    Err(_) => 0,
+                }
+            }
+        };
+        IpText { buf, len }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII digits, dots, colons and hex: always UTF-8
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
@@ -42,11 +53,9 @@ pub fn push_socket_addr(out: &mut String, addr: SocketAddr) {
     }
 }
 
-/// An owned string of `push_ip` / `push_socket_addr`.
+/// An owned string of [`IpText`] / [`push_socket_addr`].
 pub fn ip_string(ip: IpAddr) -> String {
-    let mut out = String::with_capacity(15);
-    push_ip(&mut out, ip);
-    out
+    IpText::new(ip).as_str().to_owned()
 }
 
 pub fn socket_addr_string(addr: SocketAddr) -> String {
@@ -118,6 +127,8 @@ mod tests {
             "255.255.255.255",
             "::1",
             "fe80::1",
+            "::ffff:192.168.100.200",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert_eq!(ip_string(ip), ip.to_string());

@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -26,7 +26,6 @@ use http::Version;
 
 use crate::config::{LogFormat, LogTarget};
 use crate::state::SharedState;
-use crate::text;
 
 /// Lines that may wait for the writer; beyond this they are dropped (and counted).
 const QUEUE_LINES: usize = 16 * 1024;
@@ -38,7 +37,7 @@ const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Everything one line says, borrowed from the finished request.
 pub struct Entry<'a> {
-    pub remote_addr: Option<IpAddr>,
+    pub remote_addr: Option<&'a str>,
     /// The raw `Authorization` header, for `$remote_user` (Basic auth).
     pub authorization: Option<&'a [u8]>,
     pub method: &'a str,
@@ -59,68 +58,68 @@ pub struct Entry<'a> {
 }
 
 /// Formats one line, newline included.
-pub fn format_line(format: LogFormat, entry: &Entry<'_>, now: SystemTime) -> String {
-    let mut out = String::with_capacity(256);
+pub fn format_line(format: LogFormat, entry: &Entry<'_>, now: SystemTime) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     match format {
         LogFormat::Main => format_main(&mut out, entry, now),
         LogFormat::Json => format_json(&mut out, entry, now),
     }
-    out.push('\n');
+    out.push(b'\n');
     out
 }
 
 /// nginx `log_format main`:
 /// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
 /// "$http_referer" "$http_user_agent" "$http_x_forwarded_for"`.
-fn format_main(out: &mut String, e: &Entry<'_>, now: SystemTime) {
+fn format_main(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     match e.remote_addr {
-        Some(ip) => text::push_ip(out, ip),
-        None => out.push('-'),
+        Some(ip) => out.extend_from_slice(ip.as_bytes()),
+        None => out.push(b'-'),
     }
-    out.push_str(" - ");
+    out.extend_from_slice(b" - ");
     match e.authorization.and_then(basic_auth_user) {
         Some(user) => push_nginx_escaped(out, user.as_bytes()),
-        None => out.push('-'),
+        None => out.push(b'-'),
     }
-    out.push_str(" [");
-    with_times(now, |local, _| out.push_str(local));
-    out.push_str("] \"");
+    out.extend_from_slice(b" [");
+    with_times(now, |local, _| out.extend_from_slice(local.as_bytes()));
+    out.extend_from_slice(b"] \"");
     push_nginx_escaped(out, e.method.as_bytes());
-    out.push(' ');
+    out.push(b' ');
     push_nginx_escaped(out, e.target);
-    out.push(' ');
-    out.push_str(version_str(e.version));
-    out.push_str("\" ");
-    text::push_u64(out, u64::from(e.status));
-    out.push(' ');
-    text::push_u64(out, e.body_bytes_sent);
-    out.push_str(" \"");
+    out.push(b' ');
+    out.extend_from_slice(version_str(e.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    out.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(itoa::Buffer::new().format(e.body_bytes_sent).as_bytes());
+    out.extend_from_slice(b" \"");
     push_nginx_field(out, e.referer);
-    out.push_str("\" \"");
+    out.extend_from_slice(b"\" \"");
     push_nginx_field(out, e.user_agent);
-    out.push_str("\" \"");
+    out.extend_from_slice(b"\" \"");
     push_nginx_field(out, e.x_forwarded_for);
-    out.push('"');
+    out.push(b'"');
 }
 
 /// One JSON object with the SPEC §4 fields; absent values are `null`.
-fn format_json(out: &mut String, e: &Entry<'_>, now: SystemTime) {
+fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     let (path, query) = match e.target.iter().position(|&b| b == b'?') {
         Some(i) => (&e.target[..i], &e.target[i + 1..]),
         None => (e.target, &[][..]),
     };
-    out.push_str("{\"time\":\"");
-    with_times(now, |_, iso| out.push_str(iso));
-    out.push_str("\",\"remote_addr\":");
+    out.extend_from_slice(b"{\"time\":\"");
+    with_times(now, |_, iso| out.extend_from_slice(iso.as_bytes()));
+    out.extend_from_slice(b"\",\"remote_addr\":");
     match e.remote_addr {
         Some(ip) => {
-            out.push('"');
-            text::push_ip(out, ip);
-            out.push('"');
+            out.push(b'"');
+            out.extend_from_slice(ip.as_bytes());
+            out.push(b'"');
         }
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
-    out.push_str(",\"remote_user\":");
+    out.extend_from_slice(b",\"remote_user\":");
     push_json_opt(
         out,
         e.authorization
@@ -128,13 +127,13 @@ fn format_json(out: &mut String, e: &Entry<'_>, now: SystemTime) {
             .as_deref()
             .map(str::as_bytes),
     );
-    out.push_str(",\"method\":");
+    out.extend_from_slice(b",\"method\":");
     push_json_str(out, e.method.as_bytes());
-    out.push_str(",\"path\":");
+    out.extend_from_slice(b",\"path\":");
     push_json_str(out, path);
-    out.push_str(",\"query\":");
+    out.extend_from_slice(b",\"query\":");
     push_json_str(out, query);
-    out.push_str(",\"protocol\":");
+    out.extend_from_slice(b",\"protocol\":");
     push_json_str(out, version_str(e.version).as_bytes());
     let _ = write!(
         out,
@@ -147,26 +146,26 @@ fn format_json(out: &mut String, e: &Entry<'_>, now: SystemTime) {
         Some(t) => {
             let _ = write!(out, "{:.3}", t.as_secs_f64());
         }
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
-    out.push_str(",\"upstream_addr\":");
+    out.extend_from_slice(b",\"upstream_addr\":");
     match e.upstream_addr {
         Some(addr) => {
             let _ = write!(out, "\"{addr}\"");
         }
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
-    out.push_str(",\"route\":");
+    out.extend_from_slice(b",\"route\":");
     push_json_str(out, e.route.as_bytes());
-    out.push_str(",\"referer\":");
+    out.extend_from_slice(b",\"referer\":");
     push_json_opt(out, e.referer);
-    out.push_str(",\"user_agent\":");
+    out.extend_from_slice(b",\"user_agent\":");
     push_json_opt(out, e.user_agent);
-    out.push_str(",\"x_forwarded_for\":");
+    out.extend_from_slice(b",\"x_forwarded_for\":");
     push_json_opt(out, e.x_forwarded_for);
-    out.push_str(",\"trace_id\":");
+    out.extend_from_slice(b",\"trace_id\":");
     push_json_opt(out, e.trace_id.as_deref().map(str::as_bytes));
-    out.push('}');
+    out.push(b'}');
 }
 
 fn version_str(version: Version) -> &'static str {
@@ -195,48 +194,51 @@ fn basic_auth_user(header: &[u8]) -> Option<String> {
 }
 
 /// A header field as nginx logs it: `-` when absent or empty.
-fn push_nginx_field(out: &mut String, value: Option<&[u8]>) {
+fn push_nginx_field(out: &mut Vec<u8>, value: Option<&[u8]>) {
     match value {
         Some(v) if !v.is_empty() => push_nginx_escaped(out, v),
-        _ => out.push('-'),
+        _ => out.push(b'-'),
     }
 }
 
 /// nginx's default log escaping: `"`, `\`, control bytes and bytes ≥ 0x7f as `\xHH`.
-fn push_nginx_escaped(out: &mut String, value: &[u8]) {
-    for &b in value {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+/// Runs of plain bytes are copied whole: user agents and paths are mostly plain.
+fn push_nginx_escaped(out: &mut Vec<u8>, mut value: &[u8]) {
+    let needs_escape = |b: &u8| *b == b'"' || *b == b'\\' || !(0x20..0x7f).contains(b);
+    while !value.is_empty() {
+        let plain = value.iter().position(needs_escape).unwrap_or(value.len());
+        out.extend_from_slice(&value[..plain]);
+        if let Some(b) = value.get(plain) {
             let _ = write!(out, "\\x{b:02X}");
-        } else {
-            out.push(char::from(b));
         }
+        value = value.get(plain + 1..).unwrap_or_default();
     }
 }
 
-fn push_json_opt(out: &mut String, value: Option<&[u8]>) {
+fn push_json_opt(out: &mut Vec<u8>, value: Option<&[u8]>) {
     match value {
         Some(v) => push_json_str(out, v),
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
 /// A JSON string; bytes that are not UTF-8 become U+FFFD.
-fn push_json_str(out: &mut String, value: &[u8]) {
-    out.push('"');
+fn push_json_str(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(b'"');
     for c in String::from_utf8_lossy(value).chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
             c if u32::from(c) < 0x20 => {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
-            c => out.push(c),
+            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
 /// Calls `f` with `$time_local` (`22/Nov/2026:13:04:05 +0000`) and the RFC 3339 time of
@@ -266,7 +268,7 @@ fn with_times(now: SystemTime, f: impl FnOnce(&str, &str)) {
 }
 
 enum Message {
-    Line(String),
+    Line(Vec<u8>),
     /// Nothing to write: look at the reopen flag now.
     Wake,
     /// Everything queued before this is written and flushed; then the sender is answered.
@@ -297,7 +299,7 @@ impl AccessLog {
     }
 
     /// Queues a line; never waits. A full queue drops the line and counts it.
-    pub fn write(&self, line: String) {
+    pub fn write(&self, line: Vec<u8>) {
         match self.tx.try_send(Message::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => super::metrics::access_log_line_dropped(),
@@ -354,7 +356,7 @@ impl Writer {
                     output.reopen();
                 }
                 match message {
-                    Message::Line(line) => output.write(line.as_bytes()),
+                    Message::Line(line) => output.write(&line),
                     Message::Wake => {}
                     Message::Flush(ack) => acks.push(ack),
                 }
@@ -457,7 +459,7 @@ mod tests {
 
     fn entry<'a>() -> Entry<'a> {
         Entry {
-            remote_addr: Some("10.1.2.3".parse().expect("ip")),
+            remote_addr: Some("10.1.2.3"),
             authorization: None,
             method: "GET",
             target: b"/console-api/x?a=1&b=\"2\"",
@@ -475,13 +477,17 @@ mod tests {
         }
     }
 
+    fn text_line(format: LogFormat, entry: &Entry<'_>, now: SystemTime) -> String {
+        String::from_utf8(format_line(format, entry, now)).expect("UTF-8")
+    }
+
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
     #[test]
     fn main_line_is_nginx_main() {
-        let line = format_line(LogFormat::Main, &entry(), at(1_795_000_000));
+        let line = text_line(LogFormat::Main, &entry(), at(1_795_000_000));
         let offset = chrono::DateTime::<chrono::Local>::from(at(1_795_000_000))
             .format("%z")
             .to_string();
@@ -501,26 +507,26 @@ mod tests {
         let mut e = entry();
         // "alice:secret"
         e.authorization = Some(b"Basic YWxpY2U6c2VjcmV0");
-        let line = format_line(LogFormat::Main, &e, at(0));
+        let line = text_line(LogFormat::Main, &e, at(0));
         assert!(line.starts_with("10.1.2.3 - alice ["), "{line}");
         e.authorization = Some(b"Bearer abc");
-        let line = format_line(LogFormat::Main, &e, at(0));
+        let line = text_line(LogFormat::Main, &e, at(0));
         assert!(line.starts_with("10.1.2.3 - - ["), "{line}");
         e.authorization = Some(b"Basic !!!");
-        assert!(format_line(LogFormat::Main, &e, at(0)).starts_with("10.1.2.3 - - ["));
+        assert!(text_line(LogFormat::Main, &e, at(0)).starts_with("10.1.2.3 - - ["));
     }
 
     #[test]
     fn control_and_high_bytes_are_escaped_like_nginx() {
         let mut e = entry();
         e.user_agent = Some(b"a\"b\\c\x01\xff");
-        let line = format_line(LogFormat::Main, &e, at(0));
+        let line = text_line(LogFormat::Main, &e, at(0));
         assert!(line.contains("\"a\\x22b\\x5Cc\\x01\\xFF\""), "{line}");
     }
 
     #[test]
     fn json_line_has_the_spec_fields() {
-        let line = format_line(LogFormat::Json, &entry(), at(1_795_000_000));
+        let line = text_line(LogFormat::Json, &entry(), at(1_795_000_000));
         let v: serde_json::Value = serde_json::from_str(line.trim_end()).expect("json");
         assert_eq!(v["remote_addr"], "10.1.2.3");
         assert_eq!(v["method"], "GET");
@@ -545,7 +551,7 @@ mod tests {
     fn json_escapes_what_json_needs() {
         let mut e = entry();
         e.user_agent = Some(b"q\"\\\n\x01\xff");
-        let line = format_line(LogFormat::Json, &e, at(0));
+        let line = text_line(LogFormat::Json, &e, at(0));
         let v: serde_json::Value = serde_json::from_str(line.trim_end()).expect("json");
         assert_eq!(v["user_agent"], "q\"\\\n\u{1}\u{fffd}");
     }

@@ -34,6 +34,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{LogFormat, LogTarget, OtlpProtocol};
 use crate::proxy::{RequestCtx, RequestKind};
 use crate::state::SharedState;
+use crate::text::IpText;
 use access_log::{AccessLog, Entry};
 use metrics::{InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use otlp::Otlp;
@@ -239,6 +240,44 @@ struct Finished {
     body_bytes: u64,
     /// From the first upstream attempt to now, when there was one.
     upstream_time: Option<Duration>,
+    /// The wall-clock end: the log line's time and the span's end.
+    at: SystemTime,
+}
+
+/// The request headers the access log and the span report, found in one walk over the
+/// header map: cheaper than a lookup each (hashing and probing) for a request's few
+/// headers. Like `HeaderMap::get`, the first value of a repeated header.
+#[derive(Default)]
+struct ReportedHeaders<'a> {
+    authorization: Option<&'a [u8]>,
+    host: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+    x_forwarded_for: Option<&'a [u8]>,
+}
+
+impl<'a> ReportedHeaders<'a> {
+    fn of(headers: &'a http::HeaderMap) -> Self {
+        use http::header::{AUTHORIZATION, HOST, REFERER, USER_AGENT};
+        let mut found = ReportedHeaders::default();
+        for (name, value) in headers {
+            let slot = if *name == HOST {
+                &mut found.host
+            } else if *name == USER_AGENT {
+                &mut found.user_agent
+            } else if *name == REFERER {
+                &mut found.referer
+            } else if *name == AUTHORIZATION {
+                &mut found.authorization
+            } else if *name == X_FORWARDED_FOR {
+                &mut found.x_forwarded_for
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value.as_bytes());
+        }
+        found
+    }
 }
 
 /// `logging`, once per request at its very end (SSE: when the stream ends): metrics,
@@ -257,15 +296,34 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
         return;
     }
     let req = session.req_header();
+    let now = Instant::now();
     let finished = Finished {
         method: MethodLabel::of(&req.method),
         status,
-        elapsed: ctx.started.elapsed(),
+        elapsed: now.saturating_duration_since(ctx.started),
         body_bytes: u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX),
-        upstream_time: ctx.telemetry.upstream_started.map(|t| t.elapsed()),
+        upstream_time: ctx
+            .telemetry
+            .upstream_started
+            .map(|t| now.saturating_duration_since(t)),
+        at: SystemTime::now(),
     };
+    let traced = span.is_some() && otlp.is_some();
+    let (headers, client) = if access_log.is_some() || traced {
+        // known since request_filter unless only the access log is on
+        let client = ctx.telemetry.client.or_else(|| client_ip(session));
+        (ReportedHeaders::of(&req.headers), client.map(IpText::new))
+    } else {
+        (ReportedHeaders::default(), None)
+    };
+    let client = client.as_ref().map(IpText::as_str);
     if let Some(access_log) = access_log {
-        write_log_line(session, ctx, &finished, span.as_deref(), access_log);
+        let line = LineParts {
+            headers: &headers,
+            client,
+            span: span.as_deref(),
+        };
+        write_log_line(session, ctx, &finished, &line, access_log);
     }
     if prometheus || otlp.is_some() {
         let route = match ctx.telemetry.route.take() {
@@ -282,17 +340,14 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
             otlp,
         );
         if let (Some(span), Some(otlp)) = (span, otlp) {
-            span.finish(otlp, || ServerRequest {
+            span.finish(otlp, finished.at, || ServerRequest {
                 name: route.span_name(finished.method),
                 method: finished.method.semconv(),
                 path: req.uri.path(),
                 route: route.name(),
-                client: ctx.telemetry.client,
-                host: host(req),
-                user_agent: req
-                    .headers
-                    .get(http::header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok()),
+                client,
+                host: host(req, headers.host),
+                user_agent: headers.user_agent.and_then(|v| std::str::from_utf8(v).ok()),
                 status,
                 upstream: ctx
                     .peer
@@ -341,38 +396,45 @@ fn record_metrics(
     }
 }
 
+/// What the access-log line takes from the request beyond its header and context.
+struct LineParts<'a> {
+    headers: &'a ReportedHeaders<'a>,
+    client: Option<&'a str>,
+    span: Option<&'a ServerSpan>,
+}
+
 fn write_log_line(
     session: &Session,
     ctx: &RequestCtx,
     f: &Finished,
-    span: Option<&ServerSpan>,
+    parts: &LineParts<'_>,
     access_log: &AccessLog,
 ) {
+    let headers = parts.headers;
     let req = session.req_header();
-    let header = |name: &http::header::HeaderName| req.headers.get(name).map(|v| v.as_bytes());
     let format = ctx.snapshot.config.access_log.format;
     let entry = Entry {
-        // known since request_filter unless only the access log is on
-        remote_addr: ctx.telemetry.client.or_else(|| client_ip(session)),
-        authorization: header(&http::header::AUTHORIZATION),
+        remote_addr: parts.client,
+        authorization: headers.authorization,
         method: req.method.as_str(),
         target: req.raw_path(),
         version: req.version,
         status: f.status,
         body_bytes_sent: f.body_bytes,
-        referer: header(&http::header::REFERER),
-        user_agent: header(&http::header::USER_AGENT),
-        x_forwarded_for: header(&X_FORWARDED_FOR),
+        referer: headers.referer,
+        user_agent: headers.user_agent,
+        x_forwarded_for: headers.x_forwarded_for,
         request_time: f.elapsed,
         upstream_response_time: f.upstream_time,
         upstream_addr: ctx.peer,
         route: ctx.route_label(),
         // Only the JSON format has the field.
-        trace_id: span
+        trace_id: parts
+            .span
             .filter(|_| format == LogFormat::Json)
             .map(|s| s.context().trace_id_hex()),
     };
-    access_log.write(access_log::format_line(format, &entry, SystemTime::now()));
+    access_log.write(access_log::format_line(format, &entry, f.at));
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -382,16 +444,59 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// `server.address`: the host the client asked for, without the port.
-fn host(req: &RequestHeader) -> Option<&str> {
+/// `server.address`: the host the client asked for (`header`: its `Host`), without the port.
+fn host<'a>(req: &'a RequestHeader, header: Option<&'a [u8]>) -> Option<&'a str> {
     if let Some(host) = req.uri.host() {
         return Some(host);
     }
-    let host = req.headers.get(http::header::HOST)?.to_str().ok()?;
+    let host = std::str::from_utf8(header?).ok()?;
     let host = match host.strip_prefix('[') {
         // [v6]:port
         Some(v6) => &host[..v6.find(']').map_or(host.len(), |end| end + 2)],
-        None => host.split(':').next().unwrap_or(host),
+        None => &host[..host.bytes().position(|b| b == b':').unwrap_or(host.len())],
     };
     (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_headers_are_what_header_map_get_returns() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("user-agent", "first/1.0"),
+            ("x-other", "x"),
+            ("user-agent", "second/2.0"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("host", "edge.example:8080"),
+            ("referer", "http://r/"),
+            ("authorization", "Basic YTpi"),
+        ] {
+            headers.append(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
+        }
+        let found = ReportedHeaders::of(&headers);
+        let get = |name: &str| headers.get(name).map(|v| v.as_bytes());
+        assert_eq!(found.user_agent, get("user-agent"));
+        assert_eq!(found.user_agent, Some(&b"first/1.0"[..]));
+        assert_eq!(found.x_forwarded_for, get("x-forwarded-for"));
+        assert_eq!(found.host, get("host"));
+        assert_eq!(found.referer, get("referer"));
+        assert_eq!(found.authorization, get("authorization"));
+        assert!(ReportedHeaders::of(&http::HeaderMap::new()).host.is_none());
+    }
+
+    #[test]
+    fn server_address_is_the_host_without_port() {
+        let req = RequestHeader::build("GET", b"/", None).expect("request");
+        assert_eq!(host(&req, Some(b"edge.example:8080")), Some("edge.example"));
+        assert_eq!(host(&req, Some(b"edge.example")), Some("edge.example"));
+        assert_eq!(host(&req, Some(b"[::1]:8080")), Some("[::1]"));
+        assert_eq!(host(&req, Some(b":80")), None);
+        assert_eq!(host(&req, None), None);
+    }
 }

@@ -12,14 +12,15 @@
 //! 63 bits of its new trace id fall under `ratio`, so every service of the trace that
 //! samples by ratio decides alike.
 
-use std::net::IpAddr;
+use std::cell::RefCell;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::TraceState;
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use super::metrics::AuthResult;
 use super::otlp::Otlp;
@@ -146,14 +147,22 @@ fn new_span_id() -> [u8; 8] {
     random_id()
 }
 
+thread_local! {
+    /// As the OpenTelemetry SDK's id generator: a fast generator per thread, seeded by the
+    /// OS. Ids must be unique, not secret; the cryptographic `rand::rng()` cost more than
+    /// the rest of starting a span.
+    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+}
+
 /// Random bytes, never all zero (an invalid id in W3C trace context).
 fn random_id<const N: usize>() -> [u8; N] {
-    let mut rng = rand::rng();
-    let mut id = [0; N];
-    while id == [0; N] {
-        rng.fill(&mut id[..]);
-    }
-    id
+    IDS.with_borrow_mut(|rng| {
+        let mut id = [0; N];
+        while id == [0; N] {
+            rng.fill(&mut id[..]);
+        }
+        id
+    })
 }
 
 /// `TraceIdRatioBased`, as the OpenTelemetry SDKs compute it.
@@ -183,7 +192,7 @@ pub struct ServerRequest<'a> {
     pub method: &'static str,
     pub path: &'a str,
     pub route: &'a str,
-    pub client: Option<IpAddr>,
+    pub client: Option<&'a str>,
     /// `Host` without the port.
     pub host: Option<&'a str>,
     pub user_agent: Option<&'a str>,
@@ -229,9 +238,14 @@ impl ServerSpan {
         &self.context
     }
 
-    /// Ends the span and queues it for export, when sampled; `request` is only asked for
-    /// then.
-    pub fn finish<'a>(self, otlp: &Otlp, request: impl FnOnce() -> ServerRequest<'a>) {
+    /// Ends the span at `end` and queues it for export, when sampled; `request` is only
+    /// asked for then.
+    pub fn finish<'a>(
+        self,
+        otlp: &Otlp,
+        end: SystemTime,
+        request: impl FnOnce() -> ServerRequest<'a>,
+    ) {
         if !self.context.sampled {
             return;
         }
@@ -240,7 +254,7 @@ impl ServerSpan {
         let head = span_head(
             &self.context,
             self.parent_span_id.map(|id| (id, true)),
-            self.start,
+            (self.start, end),
             req.name,
             SpanKind::Server,
             error.as_deref(),
@@ -250,7 +264,7 @@ impl ServerSpan {
             a.str("url.path", req.path);
             a.str("http.route", req.route);
             if let Some(ip) = req.client {
-                a.str_with("client.address", |out| text::push_ip_bytes(out, ip));
+                a.str("client.address", ip);
             }
             if let Some(host) = req.host {
                 a.str("server.address", host);
@@ -270,7 +284,7 @@ impl ServerSpan {
 fn span_head<'a>(
     context: &'a TraceContext,
     parent: Option<([u8; 8], bool)>,
-    start: SystemTime,
+    (start, end): (SystemTime, SystemTime),
     name: &'a str,
     kind: SpanKind,
     error: Option<&'a str>,
@@ -288,7 +302,7 @@ fn span_head<'a>(
         name,
         kind,
         start,
-        end: SystemTime::now(),
+        end,
         error,
         sampled: context.sampled,
     }
@@ -350,7 +364,7 @@ impl AuthSpan<'_> {
         let head = span_head(
             &call.context,
             Some((call.parent_span_id, false)),
-            call.start,
+            (call.start, SystemTime::now()),
             &name,
             SpanKind::Client,
             error,
