@@ -4,11 +4,12 @@
 //! keeps it to the end, so a reload never changes the rules under a running request or
 //! stream, and the request path takes no lock.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::telemetry::metrics::RouteMetrics;
 use crate::upstream::Upstream;
 
 /// A validated config together with the runtime objects built from it.
@@ -17,6 +18,9 @@ pub struct Snapshot {
     pub config: Config,
     /// Same order as `config.upstreams`.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Same order as `config.routes`: each route's metric handles, found by name once per
+    /// config instead of once per request.
+    pub route_metrics: Vec<OnceLock<Arc<RouteMetrics>>>,
 }
 
 impl Snapshot {
@@ -33,7 +37,12 @@ impl Snapshot {
                 Arc::new(upstream)
             })
             .collect();
-        Snapshot { config, upstreams }
+        let route_metrics = config.routes.iter().map(|_| OnceLock::new()).collect();
+        Snapshot {
+            config,
+            upstreams,
+            route_metrics,
+        }
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {

@@ -10,12 +10,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::config::{ServerAddr, UpstreamConfig};
+use crate::telemetry::metrics::UpstreamMetrics;
 
 /// How often host names are refreshed in the background.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
@@ -43,6 +44,8 @@ pub struct Upstream {
     next: AtomicUsize,
     /// Single flight for resolutions triggered by requests.
     resolving: tokio::sync::Mutex<()>,
+    /// Its metric handles, found by name once.
+    pub metrics: OnceLock<Arc<UpstreamMetrics>>,
 }
 
 impl Upstream {
@@ -67,6 +70,7 @@ impl Upstream {
             stale: AtomicBool::new(false),
             next: AtomicUsize::new(0),
             resolving: tokio::sync::Mutex::new(()),
+            metrics: OnceLock::new(),
         }
     }
 

@@ -22,6 +22,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Method;
 use once_cell::sync::Lazy;
+
+use super::otlp_wire::{encode_naming, SpanKind};
 use opentelemetry::metrics::{BoundHistogram, Histogram as OtelHistogram};
 use opentelemetry::KeyValue;
 use pingora::apps::http_app::ServeHttp;
@@ -352,7 +354,16 @@ pub struct RouteMetrics {
     body_bytes: IntCounter,
     series: [StatusSlots<RequestSeries>; MethodLabel::COUNT],
     otlp: [StatusSlots<BoundHistogram<f64>>; MethodLabel::COUNT],
-    span_names: [OnceLock<String>; MethodLabel::COUNT],
+    /// Encoded once per method: what each SERVER span of the route repeats.
+    span_namings: [OnceLock<Vec<u8>>; MethodLabel::COUNT],
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RouteMetrics {
@@ -364,7 +375,7 @@ impl RouteMetrics {
             body_bytes: f.body_bytes.with_label_values(&[name]),
             series: Default::default(),
             otlp: Default::default(),
-            span_names: Default::default(),
+            span_namings: Default::default(),
         }
     }
 
@@ -374,9 +385,16 @@ impl RouteMetrics {
     }
 
     /// `METHOD route`, the name of the route's SERVER spans.
-    pub fn span_name(&self, method: MethodLabel) -> &str {
-        self.span_names[method.index()]
-            .get_or_init(|| format!("{} {}", method.semconv(), self.name))
+    /// The SERVER span's name (`METHOD route`), kind, `http.request.method` and
+    /// `http.route`, encoded ([`super::otlp_wire::Naming::Encoded`]).
+    pub fn span_naming(&self, method: MethodLabel) -> &[u8] {
+        self.span_namings[method.index()].get_or_init(|| {
+            let name = format!("{} {}", method.semconv(), self.name);
+            encode_naming(&name, SpanKind::Server, |a| {
+                a.str("http.request.method", method.semconv());
+                a.str("http.route", &self.name);
+            })
+        })
     }
 
     /// Counts a request in `edge_http_requests_in_flight` until the guard drops.
@@ -486,6 +504,14 @@ pub struct UpstreamMetrics {
     otlp: [StatusSlots<BoundHistogram<f64>>; MethodLabel::COUNT],
     /// `address:port` of the servers seen, for span attributes without formatting.
     peers: ArcSwap<Vec<(SocketAddr, Arc<str>)>>,
+}
+
+impl std::fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamMetrics")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamMetrics {
@@ -776,7 +802,26 @@ mod tests {
         assert_eq!(MethodLabel::of(&propfind).as_str(), "OTHER");
         assert_eq!(MethodLabel::of(&propfind).semconv(), "_OTHER");
         assert_eq!(MethodLabel::of(&Method::PATCH).semconv(), "PATCH");
-        assert_eq!(route("t-span").span_name(MethodLabel::Post), "POST t-span");
+    }
+
+    #[test]
+    fn a_route_names_its_spans() {
+        use opentelemetry_proto::tonic::trace::v1::{span::SpanKind as ProtoKind, Span};
+        use prost::Message;
+        let route = route("t-span");
+        let span = Span::decode(route.span_naming(MethodLabel::Post)).expect("span fields");
+        assert_eq!(span.name, "POST t-span");
+        assert_eq!(span.kind, ProtoKind::Server as i32);
+        let attributes: Vec<String> = span
+            .attributes
+            .iter()
+            .map(|kv| format!("{}={:?}", kv.key, kv.value))
+            .collect();
+        assert_eq!(attributes.len(), 2);
+        assert!(
+            attributes[0].starts_with("http.request.method=") && attributes[0].contains("\"POST\"")
+        );
+        assert!(attributes[1].starts_with("http.route=") && attributes[1].contains("\"t-span\""));
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
     if !prometheus && otlp.is_none() {
         return;
     }
-    let route = metrics::route(ctx.route_label());
+    let route = route_metrics(ctx);
     ctx.telemetry.client = client_ip(session);
     if let (Some(otlp), RequestKind::Proxied) = (otlp, ctx.kind) {
         let span = ServerSpan::start(otlp, &session.req_header().headers);
@@ -190,6 +190,21 @@ pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
         ctx.telemetry.in_flight = Some(route.clone().enter());
     }
     ctx.telemetry.route = Some(route);
+}
+
+/// The handles of the request's route label; a matched route's are kept in the config
+/// snapshot.
+fn route_metrics(ctx: &RequestCtx) -> Arc<RouteMetrics> {
+    let kept = match (ctx.kind, ctx.route) {
+        (RequestKind::Health, _) => None,
+        (_, route) => route.and_then(|i| ctx.snapshot.route_metrics.get(i)),
+    };
+    match kept {
+        Some(slot) => slot
+            .get_or_init(|| metrics::route(ctx.route_label()))
+            .clone(),
+        None => metrics::route(ctx.route_label()),
+    }
 }
 
 /// `upstream_peer`: the upstream exchange starts (kept from the first attempt).
@@ -328,9 +343,12 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
     if prometheus || otlp.is_some() {
         let route = match ctx.telemetry.route.take() {
             Some(route) => route,
-            None => metrics::route(ctx.route_label()),
+            None => route_metrics(ctx),
         };
-        let upstream = ctx.upstream.as_ref().map(|u| metrics::upstream(&u.name));
+        let upstream = ctx
+            .upstream
+            .as_ref()
+            .map(|u| u.metrics.get_or_init(|| metrics::upstream(&u.name)).clone());
         record_metrics(
             ctx,
             &route,
@@ -341,10 +359,8 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
         );
         if let (Some(span), Some(otlp)) = (span, otlp) {
             span.finish(otlp, finished.at, || ServerRequest {
-                name: route.span_name(finished.method),
-                method: finished.method.semconv(),
+                naming: route.span_naming(finished.method),
                 path: req.uri.path(),
-                route: route.name(),
                 client,
                 host: host(req, headers.host),
                 user_agent: headers.user_agent.and_then(|v| std::str::from_utf8(v).ok()),

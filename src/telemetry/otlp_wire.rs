@@ -27,6 +27,17 @@ pub enum SpanKind {
     Client = 3,
 }
 
+/// A span's name and kind, with the attributes that every span of its kind repeats.
+pub enum Naming<'a> {
+    Plain {
+        name: &'a str,
+        kind: SpanKind,
+    },
+    /// Written once by [`encode_naming`] and copied into each span: a route's SERVER spans
+    /// repeat name, kind, method and route for every request.
+    Encoded(&'a [u8]),
+}
+
 /// Everything of a span but its attributes, which [`encode_span`] takes as a closure.
 pub struct SpanHead<'a> {
     pub trace_id: [u8; 16],
@@ -36,8 +47,7 @@ pub struct SpanHead<'a> {
     pub parent_is_remote: bool,
     /// W3C `tracestate`, as propagated.
     pub trace_state: &'a str,
-    pub name: &'a str,
-    pub kind: SpanKind,
+    pub naming: Naming<'a>,
     pub start: SystemTime,
     pub end: SystemTime,
     /// `Some(description)` marks the span as an error.
@@ -105,8 +115,11 @@ pub fn encode_span(
     if let Some(parent) = &head.parent_span_id {
         bytes(out, 4, parent);
     }
-    string(out, 5, head.name);
-    varint(out, 6, head.kind as u64);
+    match head.naming {
+        Naming::Plain { name, kind } => name_and_kind(out, name, kind),
+        // Fields in any order, repeated ones interleaved, decode alike (protobuf encoding).
+        Naming::Encoded(fields) => out.extend_from_slice(fields),
+    }
     fixed64(out, 7, nanos(head.start));
     fixed64(out, 8, nanos(head.end));
     attributes(&mut Attributes(out));
@@ -118,6 +131,23 @@ pub fn encode_span(
         }
     });
     fixed32(out, 16, flags(head));
+}
+
+/// `Span.name`, `Span.kind` and the `attributes` for [`Naming::Encoded`].
+pub fn encode_naming(
+    name: &str,
+    kind: SpanKind,
+    attributes: impl FnOnce(&mut Attributes<'_>),
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    name_and_kind(&mut out, name, kind);
+    attributes(&mut Attributes(&mut out));
+    out
+}
+
+fn name_and_kind(out: &mut Vec<u8>, name: &str, kind: SpanKind) {
+    string(out, 5, name);
+    varint(out, 6, kind as u64);
 }
 
 /// `SpanFlags`: the W3C trace flags, plus "whether the parent is remote is known" and,
@@ -372,8 +402,10 @@ mod tests {
             parent_span_id: parent,
             parent_is_remote: parent.is_some(),
             trace_state: "vendor=value",
-            name: "GET workflow",
-            kind: SpanKind::Server,
+            naming: Naming::Plain {
+                name: "GET workflow",
+                kind: SpanKind::Server,
+            },
             start,
             end: start + Duration::from_millis(12),
             error: path_error,
@@ -400,7 +432,14 @@ mod tests {
             a.str_with("client.address", |out| out.extend_from_slice(b"10.0.0.1"));
         });
         let mut second = Vec::new();
-        encode_span(&mut second, &head(Some("HTTP 502"), None), |a| {
+        let naming = encode_naming("GET workflow", SpanKind::Server, |a| {
+            a.str("http.route", "workflow");
+        });
+        let second_head = SpanHead {
+            naming: Naming::Encoded(&naming),
+            ..head(Some("HTTP 502"), None)
+        };
+        encode_span(&mut second, &second_head, |a| {
             a.int("http.response.status_code", 502);
         });
         let mut ours = Vec::new();
@@ -462,7 +501,10 @@ mod tests {
                         ),
                         span(
                             None,
-                            vec![int("http.response.status_code", 502)],
+                            vec![
+                                text("http.route", "workflow"),
+                                int("http.response.status_code", 502),
+                            ],
                             Status {
                                 message: "HTTP 502".into(),
                                 code: status::StatusCode::Error as i32,

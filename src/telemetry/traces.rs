@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 
 use super::metrics::AuthResult;
 use super::otlp::Otlp;
-use super::otlp_wire::{Attributes, SpanHead, SpanKind};
+use super::otlp_wire::{Attributes, Naming, SpanHead, SpanKind};
 use crate::text;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -186,12 +186,10 @@ pub struct ServerSpan {
 
 /// What the span says about its request, read when it ends.
 pub struct ServerRequest<'a> {
-    /// `METHOD route`.
-    pub name: &'a str,
-    /// `http.request.method` (the semantic-convention value).
-    pub method: &'static str,
+    /// Name (`METHOD route`), kind, `http.request.method` and `http.route`, encoded once
+    /// per route and method ([`super::metrics::RouteMetrics::span_naming`]).
+    pub naming: &'a [u8],
     pub path: &'a str,
-    pub route: &'a str,
     pub client: Option<&'a str>,
     /// `Host` without the port.
     pub host: Option<&'a str>,
@@ -255,14 +253,11 @@ impl ServerSpan {
             &self.context,
             self.parent_span_id.map(|id| (id, true)),
             (self.start, end),
-            req.name,
-            SpanKind::Server,
+            Naming::Encoded(req.naming),
             error.as_deref(),
         );
         otlp.queue_span(&head, |a| {
-            a.str("http.request.method", req.method);
             a.str("url.path", req.path);
-            a.str("http.route", req.route);
             if let Some(ip) = req.client {
                 a.str("client.address", ip);
             }
@@ -285,8 +280,7 @@ fn span_head<'a>(
     context: &'a TraceContext,
     parent: Option<([u8; 8], bool)>,
     (start, end): (SystemTime, SystemTime),
-    name: &'a str,
-    kind: SpanKind,
+    naming: Naming<'a>,
     error: Option<&'a str>,
 ) -> SpanHead<'a> {
     SpanHead {
@@ -299,8 +293,7 @@ fn span_head<'a>(
             .as_ref()
             .and_then(|s| s.to_str().ok())
             .unwrap_or_default(),
-        name,
-        kind,
+        naming,
         start,
         end,
         error,
@@ -365,8 +358,10 @@ impl AuthSpan<'_> {
             &call.context,
             Some((call.parent_span_id, false)),
             (call.start, SystemTime::now()),
-            &name,
-            SpanKind::Client,
+            Naming::Plain {
+                name: &name,
+                kind: SpanKind::Client,
+            },
             error,
         );
         call.otlp.queue_span(&head, |a: &mut Attributes<'_>| {
