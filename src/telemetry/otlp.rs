@@ -34,8 +34,6 @@ use crate::config::OtlpProtocol;
 const SCOPE: &str = "astron-edge";
 /// Largest OTLP/HTTP response body read back (the collector's answer is tiny).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
-/// Room for one encoded span (attributes included), so that it is written without growing.
-const BYTES_PER_SPAN: usize = 384;
 
 /// The running pipelines and the handles the request path records through.
 pub struct Otlp {
@@ -97,9 +95,7 @@ impl Otlp {
     /// Encodes a finished span and queues it for export (dropped and counted when the
     /// queue is full).
     pub fn queue_span(&self, head: &SpanHead<'_>, attributes: impl FnOnce(&mut Attributes<'_>)) {
-        let mut span = Vec::with_capacity(BYTES_PER_SPAN);
-        encode_span(&mut span, head, attributes);
-        self.spans.push(span);
+        self.spans.push(|out| encode_span(out, head, attributes));
     }
 
     /// Exports what is pending and stops, waiting at most until `deadline` (spans and

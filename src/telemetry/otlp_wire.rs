@@ -195,9 +195,9 @@ impl Envelope {
         }
     }
 
-    /// One `ExportTraceServiceRequest` of `spans` (each the output of [`encode_span`]).
-    pub fn encode_request<S: AsRef<[u8]>>(&self, spans: &[S], out: &mut Vec<u8>) {
-        if spans.is_empty() {
+    /// One `ExportTraceServiceRequest` of `framed` spans (written by [`frame_span`]).
+    pub fn encode_request(&self, framed: &[u8], out: &mut Vec<u8>) {
+        if framed.is_empty() {
             return;
         }
         // ExportTraceServiceRequest.resource_spans = 1
@@ -208,15 +208,18 @@ impl Envelope {
             nested(out, 2, |out| {
                 // ScopeSpans.scope = 1
                 bytes_always(out, 1, &self.scope);
-                for span in spans {
-                    // ScopeSpans.spans = 2
-                    bytes_always(out, 2, span.as_ref());
-                }
+                out.extend_from_slice(framed);
             });
             // ResourceSpans.schema_url = 3
             string(out, 3, &self.resource_schema_url);
         });
     }
+}
+
+/// Appends one span to a batch, as a `ScopeSpans.spans` field whose content `encode`
+/// writes (with [`encode_span`]).
+pub fn frame_span(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
+    nested(out, 2, encode);
 }
 
 fn nanos(time: SystemTime) -> u64 {
@@ -442,8 +445,11 @@ mod tests {
         encode_span(&mut second, &second_head, |a| {
             a.int("http.response.status_code", 502);
         });
+        let mut framed = Vec::new();
+        frame_span(&mut framed, |out| out.extend_from_slice(&first));
+        frame_span(&mut framed, |out| out.extend_from_slice(&second));
         let mut ours = Vec::new();
-        envelope.encode_request(&[first, second], &mut ours);
+        envelope.encode_request(&framed, &mut ours);
         let decoded = ExportTraceServiceRequest::decode(ours.as_slice()).expect("decodes");
 
         let span = |parent: Option<[u8; 8]>, attributes, status, flags| Span {
@@ -524,7 +530,7 @@ mod tests {
     fn nothing_for_an_empty_batch() {
         let mut out = Vec::new();
         let envelope = Envelope::new(&Resource::builder_empty().build(), "x", "");
-        envelope.encode_request::<Vec<u8>>(&[], &mut out);
+        envelope.encode_request(&[], &mut out);
         assert!(out.is_empty());
     }
 }

@@ -3,22 +3,23 @@
 //! `OTLP_TRACE_MAX_QUEUE_SIZE`, `..._MAX_EXPORT_BATCH_SIZE`, `..._SCHEDULE_DELAY`,
 //! `..._EXPORT_TIMEOUT`).
 //!
-//! A request only pushes its encoded span into a bounded channel; when the channel is
-//! full the span is dropped and counted in `edge_otlp_spans_dropped_total`. The request
-//! never wakes the exporter for a single span: the task wakes on its schedule, or when a
-//! whole batch is waiting. It runs on the telemetry runtime, so a dead or silent collector
-//! only ever holds that task (each export bounded by its timeout), never a request.
+//! A request encodes its span straight into the batch being filled, framed as it will be
+//! sent: no buffer per span, no copy when the batch goes out. The queue holds at most
+//! `queue_size` spans; past that a span is dropped and counted in
+//! `edge_otlp_spans_dropped_total`. The lock is held for that one encoding, never across
+//! an await. The request never wakes the exporter for a single span: the task wakes on its
+//! schedule, or when a whole batch is waiting. It runs on the telemetry runtime, so a dead
+//! or silent collector only ever holds that task (each export bounded by its timeout),
+//! never a request.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 
 use super::metrics;
-use super::otlp_wire::Envelope;
+use super::otlp_wire::{frame_span, Envelope};
 use super::trace_export::TraceExporter;
 
 /// At most one "export failed" line per this interval, so a dead collector does not
@@ -26,6 +27,11 @@ use super::trace_export::TraceExporter;
 const EXPORT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Room for the resource and scope around a batch's spans.
 const ENVELOPE_BYTES: usize = 512;
+/// Room for one framed span, attributes included, so that a batch rarely grows: growing
+/// copies it.
+const BYTES_PER_SPAN: usize = 400;
+/// The most room reserved for one batch up front.
+const MAX_BATCH_RESERVE: usize = 1 << 20;
 
 /// How the batching task answers [`SpanQueue::shutdown`] once the queue is exported.
 type Ack = std::sync::mpsc::Sender<()>;
@@ -41,13 +47,77 @@ pub struct BatchSettings {
 /// The request path's end of the queue.
 #[derive(Debug)]
 pub struct SpanQueue {
-    tx: SyncSender<Vec<u8>>,
-    /// Spans pushed since start; every `batch_size`-th wakes the task.
-    pushed: AtomicUsize,
+    queued: Arc<Mutex<Queued>>,
+    queue_size: usize,
     batch_size: usize,
     batch_ready: Arc<Notify>,
     /// Taken by [`SpanQueue::shutdown`].
-    stop: std::sync::Mutex<Option<oneshot::Sender<Ack>>>,
+    stop: Mutex<Option<oneshot::Sender<Ack>>>,
+}
+
+/// Spans waiting for export, as the `ScopeSpans.spans` fields of their batches.
+#[derive(Debug, Default)]
+struct Queued {
+    /// Batches of `batch_size` spans.
+    full: Vec<Batch>,
+    filling: Batch,
+    /// In all batches: at most `queue_size`.
+    spans: usize,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    framed: Vec<u8>,
+    spans: usize,
+}
+
+enum Pushed {
+    Queued,
+    FilledBatch,
+    Full,
+}
+
+impl Queued {
+    fn push(
+        &mut self,
+        queue_size: usize,
+        batch_size: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Pushed {
+        if self.spans >= queue_size {
+            return Pushed::Full;
+        }
+        self.spans += 1;
+        let filling = &mut self.filling;
+        if filling.spans == 0 {
+            filling
+                .framed
+                .reserve((batch_size * BYTES_PER_SPAN).min(MAX_BATCH_RESERVE));
+        }
+        frame_span(&mut filling.framed, encode);
+        filling.spans += 1;
+        if filling.spans < batch_size {
+            return Pushed::Queued;
+        }
+        let full = std::mem::take(filling);
+        self.full.push(full);
+        Pushed::FilledBatch
+    }
+
+    /// Everything queued: the full batches, then the one being filled.
+    fn take_all(&mut self) -> Vec<Batch> {
+        let mut batches = std::mem::take(&mut self.full);
+        if self.filling.spans > 0 {
+            batches.push(std::mem::take(&mut self.filling));
+        }
+        self.spans = 0;
+        batches
+    }
+}
+
+fn lock(queued: &Mutex<Queued>) -> MutexGuard<'_, Queued> {
+    // A panic while encoding leaves at worst a partly framed span; exporting goes on.
+    queued.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl SpanQueue {
@@ -60,37 +130,33 @@ impl SpanQueue {
     ) -> SpanQueue {
         let queue_size = settings.queue_size.max(1);
         let batch_size = settings.batch_size.clamp(1, queue_size);
-        let (tx, rx) = sync_channel(queue_size);
+        let queued = Arc::new(Mutex::new(Queued::default()));
         let batch_ready = Arc::new(Notify::new());
         let (stop_tx, stop_rx) = oneshot::channel();
         let batcher = Batcher {
-            rx,
-            batch_size,
+            queued: queued.clone(),
             envelope,
             exporter,
             last_error_log: 0,
         };
         runtime.spawn(batcher.run(settings.schedule_delay, batch_ready.clone(), stop_rx));
         SpanQueue {
-            tx,
-            pushed: AtomicUsize::new(0),
+            queued,
+            queue_size,
             batch_size,
             batch_ready,
-            stop: std::sync::Mutex::new(Some(stop_tx)),
+            stop: Mutex::new(Some(stop_tx)),
         }
     }
 
-    /// Queues one encoded span (a `Span` message); drops and counts it when the queue is
-    /// full or stopped.
-    pub fn push(&self, span: Vec<u8>) {
-        match self.tx.try_send(span) {
-            Ok(()) => {
-                let pushed = self.pushed.fetch_add(1, Ordering::Relaxed) + 1;
-                if pushed % self.batch_size == 0 {
-                    self.batch_ready.notify_one();
-                }
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => metrics::span_dropped(),
+    /// Queues one span, which `encode` writes (a `Span` message's fields); drops and
+    /// counts it when the queue is full.
+    pub fn push(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let pushed = lock(&self.queued).push(self.queue_size, self.batch_size, encode);
+        match pushed {
+            Pushed::Queued => {}
+            Pushed::FilledBatch => self.batch_ready.notify_one(),
+            Pushed::Full => metrics::span_dropped(),
         }
     }
 
@@ -111,8 +177,7 @@ impl SpanQueue {
 }
 
 struct Batcher {
-    rx: Receiver<Vec<u8>>,
-    batch_size: usize,
+    queued: Arc<Mutex<Queued>>,
     envelope: Envelope,
     exporter: TraceExporter,
     /// Unix seconds of the last failure logged.
@@ -141,24 +206,15 @@ impl Batcher {
         }
     }
 
-    /// Exports everything queued, in batches of at most `batch_size`.
+    /// Exports everything queued: the full batches, then the one being filled.
     async fn export_queued(&mut self) {
-        loop {
-            let batch: Vec<Vec<u8>> = self.rx.try_iter().take(self.batch_size).collect();
-            if batch.is_empty() {
-                return;
-            }
-            let full = batch.len() == self.batch_size;
-            let size = batch.iter().map(|s| s.len() + 4).sum::<usize>() + ENVELOPE_BYTES;
-            let mut body = Vec::with_capacity(size);
-            self.envelope.encode_request(&batch, &mut body);
-            let spans = batch.len();
-            drop(batch);
+        let batches = lock(&self.queued).take_all();
+        for batch in batches {
+            let mut body = Vec::with_capacity(batch.framed.len() + ENVELOPE_BYTES);
+            self.envelope.encode_request(&batch.framed, &mut body);
+            drop(batch.framed);
             if let Err(e) = self.exporter.export(body).await {
-                self.log_failure(spans, &e);
-            }
-            if !full {
-                return;
+                self.log_failure(batch.spans, &e);
             }
         }
     }
@@ -171,5 +227,34 @@ impl Batcher {
             self.last_error_log = now;
             tracing::warn!(spans, "OTLP span export failed (spans lost): {error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_fill_batches_up_to_the_queue_size() {
+        let mut queued = Queued::default();
+        let mut push = |byte: u8| queued.push(5, 2, |out| out.push(byte));
+        assert!(matches!(push(1), Pushed::Queued));
+        assert!(matches!(push(2), Pushed::FilledBatch));
+        assert!(matches!(push(3), Pushed::Queued));
+        assert!(matches!(push(4), Pushed::FilledBatch));
+        assert!(matches!(push(5), Pushed::Queued));
+        assert!(matches!(push(6), Pushed::Full));
+        let batches = queued.take_all();
+        let spans: Vec<usize> = batches.iter().map(|b| b.spans).collect();
+        assert_eq!(spans, [2, 2, 1]);
+        // ScopeSpans.spans = 2, length 1, the span
+        assert_eq!(batches[0].framed, [0x12, 1, 1, 0x12, 1, 2]);
+        assert_eq!(batches[2].framed, [0x12, 1, 5]);
+        assert!(matches!(
+            queued.push(5, 2, |out| out.push(7)),
+            Pushed::Queued
+        ));
+        assert_eq!(queued.take_all().len(), 1);
+        assert!(queued.take_all().is_empty());
     }
 }
