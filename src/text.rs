@@ -33,6 +33,11 @@ impl IpText {
         IpText { buf, len }
     }
 
+    /// ASCII, so also valid UTF-8 as it is.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
     pub fn as_str(&self) -> &str {
         // ASCII digits, dots, colons and hex: always UTF-8
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()

@@ -26,6 +26,7 @@ use http::Version;
 
 use crate::config::{LogFormat, LogTarget};
 use crate::state::SharedState;
+use crate::text::IpText;
 
 /// Lines that may wait for the writer; beyond this they are dropped (and counted).
 const QUEUE_LINES: usize = 16 * 1024;
@@ -37,7 +38,7 @@ const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Everything one line says, borrowed from the finished request.
 pub struct Entry<'a> {
-    pub remote_addr: Option<&'a str>,
+    pub remote_addr: Option<&'a IpText>,
     /// The raw `Authorization` header, for `$remote_user` (Basic auth).
     pub authorization: Option<&'a [u8]>,
     pub method: &'a str,
@@ -84,7 +85,8 @@ fn format_main(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     out.extend_from_slice(b" [");
     with_times(now, |local, _| out.extend_from_slice(local.as_bytes()));
     out.extend_from_slice(b"] \"");
-    push_nginx_escaped(out, e.method.as_bytes());
+    // a method is a token (`http` checks): nothing in it to escape
+    out.extend_from_slice(e.method.as_bytes());
     out.push(b' ');
     push_nginx_escaped(out, e.target);
     out.push(b' ');
@@ -455,11 +457,15 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::LazyLock;
+
     use super::*;
+
+    static CLIENT: LazyLock<IpText> = LazyLock::new(|| IpText::new([10, 1, 2, 3].into()));
 
     fn entry<'a>() -> Entry<'a> {
         Entry {
-            remote_addr: Some("10.1.2.3"),
+            remote_addr: Some(&CLIENT),
             authorization: None,
             method: "GET",
             target: b"/console-api/x?a=1&b=\"2\"",

@@ -331,7 +331,7 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
     } else {
         (ReportedHeaders::default(), None)
     };
-    let client = client.as_ref().map(IpText::as_str);
+    let client = client.as_ref();
     if let Some(access_log) = access_log {
         let line = LineParts {
             headers: &headers,
@@ -415,7 +415,7 @@ fn record_metrics(
 /// What the access-log line takes from the request beyond its header and context.
 struct LineParts<'a> {
     headers: &'a ReportedHeaders<'a>,
-    client: Option<&'a str>,
+    client: Option<&'a IpText>,
     span: Option<&'a ServerSpan>,
 }
 

@@ -20,6 +20,8 @@ use opentelemetry::{Array, Value};
 use opentelemetry_sdk::Resource;
 use prost::encoding::{encode_varint, encoded_len_varint, WireType};
 
+use crate::text::IpText;
+
 /// `Span.SpanKind` values used by the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpanKind {
@@ -63,6 +65,14 @@ impl Attributes<'_> {
         // AnyValue { string_value = 1 }
         self.attribute(key, field_len(value.len()), |out| {
             bytes_always(out, 1, value.as_bytes());
+        });
+    }
+
+    /// An address as a string value, without checking its ASCII again.
+    pub fn ip(&mut self, key: &str, ip: &IpText) {
+        let value = ip.as_bytes();
+        self.attribute(key, field_len(value.len()), |out| {
+            bytes_always(out, 1, value);
         });
     }
 

@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use super::metrics::AuthResult;
 use super::otlp::Otlp;
 use super::otlp_wire::{Attributes, Naming, SpanHead, SpanKind};
-use crate::text;
+use crate::text::{self, IpText};
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -190,7 +190,7 @@ pub struct ServerRequest<'a> {
     /// per route and method ([`super::metrics::RouteMetrics::span_naming`]).
     pub naming: &'a [u8],
     pub path: &'a str,
-    pub client: Option<&'a str>,
+    pub client: Option<&'a IpText>,
     /// `Host` without the port.
     pub host: Option<&'a str>,
     pub user_agent: Option<&'a str>,
@@ -259,7 +259,7 @@ impl ServerSpan {
         otlp.queue_span(&head, |a| {
             a.str("url.path", req.path);
             if let Some(ip) = req.client {
-                a.str("client.address", ip);
+                a.ip("client.address", ip);
             }
             if let Some(host) = req.host {
                 a.str("server.address", host);
