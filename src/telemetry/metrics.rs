@@ -379,11 +379,6 @@ impl RouteMetrics {
         }
     }
 
-    /// The route label, shared (for OTLP attributes) without copying.
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
     /// `METHOD route`, the name of the route's SERVER spans.
     /// The SERVER span's name (`METHOD route`), kind, `http.request.method` and
     /// `http.route`, encoded ([`super::otlp_wire::Naming::Encoded`]).

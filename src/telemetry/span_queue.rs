@@ -4,7 +4,7 @@
 //! `..._EXPORT_TIMEOUT`).
 //!
 //! A request encodes its span straight into the batch being filled, framed as it will be
-//! sent: no buffer per span, no copy when the batch goes out. The queue holds at most
+//! sent: no buffer per span; a batch is copied once, into its export request. The queue holds at most
 //! `queue_size` spans; past that a span is dropped and counted in
 //! `edge_otlp_spans_dropped_total`. The lock is held for that one encoding, never across
 //! an await. The request never wakes the exporter for a single span: the task wakes on its
@@ -12,7 +12,7 @@
 //! or silent collector only ever holds that task (each export bounded by its timeout),
 //! never a request.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::runtime::Handle;
@@ -115,9 +115,19 @@ impl Queued {
     }
 }
 
-fn lock(queued: &Mutex<Queued>) -> MutexGuard<'_, Queued> {
-    // A panic while encoding leaves at worst a partly framed span; exporting goes on.
-    queued.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock(mutex: &Mutex<Queued>) -> MutexGuard<'_, Queued> {
+    match mutex.lock() {
+        Ok(queued) => queued,
+        Err(poisoned) => {
+            // A panic while encoding: the batch being filled may end in a partial span,
+            // and would fail whole at the collector. Drop it; the rest goes on.
+            let mut queued = poisoned.into_inner();
+            queued.spans = queued.spans.saturating_sub(queued.filling.spans + 1);
+            queued.filling = Batch::default();
+            mutex.clear_poison();
+            queued
+        }
+    }
 }
 
 impl SpanQueue {
@@ -256,5 +266,24 @@ mod tests {
         ));
         assert_eq!(queued.take_all().len(), 1);
         assert!(queued.take_all().is_empty());
+    }
+
+    #[test]
+    fn a_panic_while_encoding_drops_only_the_batch_being_filled() {
+        let mutex = Mutex::new(Queued::default());
+        for byte in 1..=3 {
+            lock(&mutex).push(8, 2, |out| out.push(byte));
+        }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lock(&mutex).push(8, 2, |_| panic!("encoding failed"));
+        }));
+        assert!(panicked.is_err() && mutex.is_poisoned());
+        let mut queued = lock(&mutex);
+        assert_eq!(queued.spans, 2);
+        let batches = queued.take_all();
+        drop(queued);
+        assert!(!mutex.is_poisoned());
+        let spans: Vec<usize> = batches.iter().map(|b| b.spans).collect();
+        assert_eq!(spans, [2]);
     }
 }
