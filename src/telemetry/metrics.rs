@@ -381,7 +381,7 @@ impl RouteMetrics {
 
     /// `METHOD route`, the name of the route's SERVER spans.
     /// The SERVER span's name (`METHOD route`), kind, `http.request.method` and
-    /// `http.route`, encoded ([`super::otlp_wire::Naming::Encoded`]).
+    /// `http.route`, encoded (`otlp_wire::Naming::Encoded`).
     pub fn span_naming(&self, method: MethodLabel) -> &[u8] {
         self.span_namings[method.index()].get_or_init(|| {
             let name = format!("{} {}", method.semconv(), self.name);

@@ -6,9 +6,10 @@
 //! a hash map, encodes, then frees it all. Measured with `bench/instructions.sh telemetry`,
 //! the SDK path was the larger part of what full telemetry costs a proxied request. Here a
 //! span is encoded once, when it ends, from the request's own data (nothing copied before),
-//! into one buffer; a batch is those buffers framed by the resource and scope, which are
-//! encoded once at start. The bytes are checked in the tests by decoding them with
-//! opentelemetry-proto.
+//! straight into its batch ([`frame_span`]); what every span of a route repeats (name,
+//! kind, method, route) is encoded once per route and method ([`Naming::Encoded`]); a
+//! batch is wrapped in the resource and scope, which are encoded once at start. The bytes
+//! are checked in the tests by decoding them with opentelemetry-proto.
 //!
 //! Nested messages are length-prefixed: each is written after a one-byte length
 //! placeholder, and one longer than 127 bytes is then moved right to make room for its
