@@ -17,13 +17,15 @@
 # NGINX_SCENARIO, one process) or an astron-edge template bench/edge/NAME.toml.tmpl, which
 # may name another build as NAME@BINARY: `gzip gzip@/tmp/astron-edge.old` is an A/B of two
 # builds on one template.
-# Environment: ROUNDS=5 DURATION=10 WARMUP=2 CONNECTIONS=32 (per proxy) PROXY_CPU=0 LOAD_CPU=1
+# Environment: ROUNDS=6 (each with both proxies started afresh, taking turns in the first
+#   slot) DURATION=10 WARMUP=2
+#   CONNECTIONS=32 (per proxy) PROXY_CPU=0 LOAD_CPU=1
 #   REQUEST_PATH=/small, ACCEPT_GZIP=1 adds `Accept-Encoding: gzip`, NGINX_SCENARIO=small
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-6}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
@@ -40,40 +42,58 @@ require_tools taskset wrk curl "$NGINX_BIN"
 start_backend "$LOAD_CPU"
 start_otlp_sink "$LOAD_CPU"
 
-# Each side gets its own slot (config directory, log, wrk output): both may use one template
-# with two builds.
-PORT=()
-for side in 0 1; do
-    spec=${CONFIGS[side]}
-    PORT[side]=$(free_port)
-    EDGE_BIN=$([[ $spec == *@* ]] && echo "${spec#*@}" || echo "$EDGE_BIN") \
-        proxy_command "${spec%%@*}" "${PORT[side]}" "side$side"
-    start_proxy "side$side" "http://127.0.0.1:${PORT[side]}$REQUEST_PATH" taskset -c "$PROXY_CPU"
-done
+start_pair() {  # start_pair FIRST SECOND — config indexes into slots 0 and 1; sets PORT, SLOT_PIDS
+    local slot spec
+    PORT=()
+    SLOT_PIDS=()
+    for slot in 0 1; do
+        spec=${CONFIGS[$((slot == 0 ? $1 : $2))]}
+        PORT[slot]=$(free_port)
+        EDGE_BIN=$([[ $spec == *@* ]] && echo "${spec#*@}" || echo "$EDGE_BIN") \
+            proxy_command "${spec%%@*}" "${PORT[slot]}" "slot$slot"
+        start_proxy "slot$slot" "http://127.0.0.1:${PORT[slot]}$REQUEST_PATH" taskset -c "$PROXY_CPU"
+        SLOT_PIDS+=("$PROXY_PID")
+    done
+}
 
-load() {  # load SECONDS — both proxies at once; prints "A_req/s B_req/s"
-    local side pids=() rates=()
-    for side in 0 1; do
+stop_pair() {
+    kill "${SLOT_PIDS[@]}" 2>/dev/null || true
+    wait "${SLOT_PIDS[@]}" 2>/dev/null || true
+}
+
+load() {  # load SECONDS — both proxies at once; prints "slot0_req/s slot1_req/s"
+    local slot pids=() rates=()
+    for slot in 0 1; do
         taskset -c "$LOAD_CPU" wrk "${WRK_ARGS[@]}" -d"$1s" \
-            "http://127.0.0.1:${PORT[side]}$REQUEST_PATH" >"$TMP/wrk.side$side" &
+            "http://127.0.0.1:${PORT[slot]}$REQUEST_PATH" >"$TMP/wrk.slot$slot" &
         pids+=("$!")
     done
     wait "${pids[@]}"
-    for side in 0 1; do
-        rates+=("$(awk '/^Requests\/sec/ { print $2 }' "$TMP/wrk.side$side")")
+    for slot in 0 1; do
+        rates+=("$(awk '/^Requests\/sec/ { print $2 }' "$TMP/wrk.slot$slot")")
     done
     echo "${rates[@]}"
 }
 
-[[ $WARMUP == 0 ]] || load "$WARMUP" >/dev/null
-printf '%-6s %14s %14s %8s\n' round "${CONFIGS[0]} req/s" "${CONFIGS[1]} req/s" "B/A"
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# One process pair measured against itself keeps a constant bias for its lifetime (0.974
+# in one run, 1.006 in the next: memory layout, slot), which rounds of one pair cannot
+# average out. So every round starts both afresh, the configurations taking turns in the
+# first slot, and each round's ratio is B/A whatever the slots.
+printf '%-6s %-6s %14s %14s %8s\n' round slot0 "${CONFIGS[0]} req/s" "${CONFIGS[1]} req/s" "B/A"
 ratios=()
 for ((round = 1; round <= ROUNDS; round++)); do
-    read -r a b <<<"$(load "$DURATION")"
-    [[ -n $a && -n $b ]] || die "wrk gave no rate in round $round"
+    first=$(((round + 1) % 2))
+    start_pair "$first" $((1 - first))
+    [[ $WARMUP == 0 ]] || load "$WARMUP" >/dev/null
+    read -r r0 r1 <<<"$(load "$DURATION")"
+    stop_pair
+    [[ -n $r0 && -n $r1 ]] || die "wrk gave no rate in round $round"
+    if ((first == 0)); then a=$r0 b=$r1; else a=$r1 b=$r0; fi
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
     ratios+=("$ratio")
-    printf '%-6s %14s %14s %8s\n' "$round" "$a" "$b" "$ratio"
+    printf '%-6s %-6s %14s %14s %8s\n' "$round" "$([[ $first == 0 ]] && echo A || echo B)" "$a" "$b" "$ratio"
 done
-median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-echo "median B/A req/s: $median  (B's CPU per request: $(awk -v m="$median" 'BEGIN { printf "%.3f", 1 / m }')× A's)"
+m=$(printf '%s\n' "${ratios[@]}" | median)
+echo "median B/A req/s: $m  (B's CPU per request: $(awk -v m="$m" 'BEGIN { printf "%.3f", 1 / m }')× A's)"
