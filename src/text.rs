@@ -48,7 +48,7 @@ impl IpText {
 pub fn push_socket_addr(out: &mut String, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(v4) => {
-            push_ipv4(out, *v4.ip());
+            out.push_str(IpText::new(IpAddr::V4(*v4.ip())).as_str());
             out.push(':');
             push_u64(out, u64::from(v4.port()));
         }
@@ -67,12 +67,6 @@ pub fn socket_addr_string(addr: SocketAddr) -> String {
     let mut out = String::with_capacity(21);
     push_socket_addr(&mut out, addr);
     out
-}
-
-fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
-    let (buf, len) = ipv4_digits(ip);
-    // ASCII digits and dots: always UTF-8
-    out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
 }
 
 /// Dotted decimal in a stack buffer and its length: this runs for every forwarded request.
@@ -99,7 +93,7 @@ fn ipv4_digits(ip: Ipv4Addr) -> ([u8; 15], usize) {
 }
 
 /// A decimal number (`itoa`: no formatting machinery, no per-digit pushes).
-pub fn push_u64(out: &mut String, n: u64) {
+fn push_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 

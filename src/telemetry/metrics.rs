@@ -22,8 +22,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Method;
 use once_cell::sync::Lazy;
-
-use super::otlp_wire::{encode_naming, SpanKind};
 use opentelemetry::metrics::{BoundHistogram, Histogram as OtelHistogram};
 use opentelemetry::KeyValue;
 use pingora::apps::http_app::ServeHttp;
@@ -33,6 +31,8 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use super::otlp_wire::{encode_naming, SpanKind};
 
 /// Histogram buckets in seconds: from 1 ms API calls to 30 min SSE streams.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -379,7 +379,6 @@ impl RouteMetrics {
         }
     }
 
-    /// `METHOD route`, the name of the route's SERVER spans.
     /// The SERVER span's name (`METHOD route`), kind, `http.request.method` and
     /// `http.route`, encoded (`otlp_wire::Naming::Encoded`).
     pub fn span_naming(&self, method: MethodLabel) -> &[u8] {

@@ -63,15 +63,17 @@ pub struct Attributes<'a>(&'a mut Vec<u8>);
 
 impl Attributes<'_> {
     pub fn str(&mut self, key: &str, value: &str) {
-        // AnyValue { string_value = 1 }
-        self.attribute(key, field_len(value.len()), |out| {
-            bytes_always(out, 1, value.as_bytes());
-        });
+        self.utf8(key, value.as_bytes());
     }
 
     /// An address as a string value, without checking its ASCII again.
     pub fn ip(&mut self, key: &str, ip: &IpText) {
-        let value = ip.as_bytes();
+        self.utf8(key, ip.as_bytes());
+    }
+
+    /// `value` must be UTF-8 (a `str`, or ASCII by construction).
+    fn utf8(&mut self, key: &str, value: &[u8]) {
+        // AnyValue { string_value = 1 }
         self.attribute(key, field_len(value.len()), |out| {
             bytes_always(out, 1, value);
         });
@@ -82,14 +84,6 @@ impl Attributes<'_> {
         let value = value as u64;
         self.attribute(key, 1 + encoded_len_varint(value), |out| {
             varint_always(out, 3, value);
-        });
-    }
-
-    /// A string value written by `write` (a number or an address, without a `String`).
-    pub fn str_with(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
-        nested(self.0, 9, |out| {
-            string(out, 1, key);
-            nested(out, 2, |out| nested(out, 1, write));
         });
     }
 
@@ -443,7 +437,7 @@ mod tests {
             a.str("url.path", &long_path);
             a.int("http.response.status_code", 200);
             a.int("negative", -7);
-            a.str_with("client.address", |out| out.extend_from_slice(b"10.0.0.1"));
+            a.ip("client.address", &IpText::new([10, 0, 0, 1].into()));
         });
         let mut second = Vec::new();
         let naming = encode_naming("GET workflow", SpanKind::Server, |a| {
