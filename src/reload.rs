@@ -161,16 +161,14 @@ impl ConfigReloader {
             Err(e) => Err(format!("config reload task failed: {e}")),
         };
         match result {
-            Ok((config, certified_key)) => {
-                self.apply(config, certified_key, trigger);
-                telemetry::record_reload(true);
-            }
+            Ok((config, certified_key)) => self.apply(config, certified_key, trigger),
             Err(message) => {
+                // Counted before it is told: whoever sees the outcome sees the count.
+                telemetry::record_reload(false);
                 tracing::error!(
                     trigger,
                     "config reload refused, the running config stays: {message}"
                 );
-                telemetry::record_reload(false);
             }
         }
     }
@@ -186,6 +184,8 @@ impl ConfigReloader {
         }
         let (routes, upstreams) = (config.routes.len(), config.upstreams.len());
         let old = self.state.load_full();
+        // Counted before the new routes serve: whoever sees them sees the count.
+        telemetry::record_reload(true);
         self.state
             .store(Arc::new(Snapshot::new(config, Some(&old))));
         tracing::info!(trigger, routes, upstreams, "config reloaded");

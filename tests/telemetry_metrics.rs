@@ -68,8 +68,13 @@ async fn scrape(metrics: SocketAddr) -> HashMap<Series, f64> {
     parse(&response.text().await.expect("body"))
 }
 
-/// A scrape taken once no request is in flight (a request is counted at its very end,
-/// after the client may already have its answer).
+/// A scrape in which every request made so far is counted.
+///
+/// A request is counted at its very end, after the client may already have its answer,
+/// and leaves `edge_http_requests_in_flight` only after its counters moved. One scrape is
+/// not a snapshot, though: the registry reads its metric families in hash order, so the
+/// in-flight gauge can read 0 after the counters were read. So once a scrape shows nothing
+/// in flight, one more scrape, all of whose reads come later, is the settled one.
 async fn settled_scrape(metrics: SocketAddr) -> HashMap<Series, f64> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -79,9 +84,9 @@ async fn settled_scrape(metrics: SocketAddr) -> HashMap<Series, f64> {
             .filter(|((name, _), _)| name == "edge_http_requests_in_flight")
             .map(|(_, v)| *v)
             .sum();
-        // This scrape itself is not a proxied request: 0 means all are done.
+        // A scrape itself is not a proxied request: 0 means all are done.
         if in_flight == 0.0 {
-            return now;
+            return scrape(metrics).await;
         }
         assert!(Instant::now() < deadline, "requests still in flight");
         tokio::time::sleep(Duration::from_millis(20)).await;
