@@ -65,7 +65,7 @@ struct Shared {
     assets: AssetCache,
     /// The upstream connections of relayed SSE streams (Pingora's own pool is private to
     /// its pipeline).
-    relay_connector: pingora::connectors::http::Connector,
+    relay_connector: pingora::connectors::TransportConnector,
 }
 
 impl EdgeProxy {
@@ -77,7 +77,7 @@ impl EdgeProxy {
                 shutdown,
                 auth: AuthClient::default(),
                 assets: AssetCache::default(),
-                relay_connector: pingora::connectors::http::Connector::new(None),
+                relay_connector: pingora::connectors::TransportConnector::new(None),
             }),
         }
     }
@@ -387,7 +387,8 @@ impl ProxyHttp for EdgeProxy {
                 status => status,
             }),
         };
-        crate::telemetry::request_finished(session, ctx, status);
+        let exchange = crate::telemetry::Exchange::Session(session);
+        crate::telemetry::request_finished(&exchange, ctx, status);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
@@ -400,22 +401,7 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let status = error_status(e);
-        let peer = ctx
-            .peer
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "-".into());
-        if status >= 500 || e.esource() == &ErrorSource::Upstream {
-            tracing::error!(
-                route = ctx.route_label(),
-                upstream = ctx.upstream_name(),
-                peer,
-                status,
-                "{e}"
-            );
-        } else {
-            tracing::debug!(route = ctx.route_label(), status, "request failed: {e}");
-        }
+        let status = log_failure(ctx, e);
         let already_answered = session.response_written().is_some();
         let idle_stream = already_answered
             && ctx.proxy_route().is_some_and(|r| r.sse)
@@ -439,6 +425,29 @@ impl ProxyHttp for EdgeProxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// One line for a failed request, with route, upstream and peer: an error when the proxy
+/// or the upstream failed, debug when the client did. Returns the status the failure
+/// means (0: none, the client is gone).
+fn log_failure(ctx: &RequestCtx, e: &Error) -> u16 {
+    let status = error_status(e);
+    if status >= 500 || e.esource() == &ErrorSource::Upstream {
+        let peer = ctx
+            .peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        tracing::error!(
+            route = ctx.route_label(),
+            upstream = ctx.upstream_name(),
+            peer,
+            status,
+            "{e}"
+        );
+    } else {
+        tracing::debug!(route = ctx.route_label(), status, "request failed: {e}");
+    }
+    status
 }
 
 impl EdgeProxy {

@@ -170,6 +170,11 @@ impl RequestTelemetry {
     pub fn server_span(&self) -> Option<&ServerSpan> {
         self.span.as_deref()
     }
+
+    /// The client's address, when a kind of telemetry that reports it is on.
+    pub fn client(&self) -> Option<IpAddr> {
+        self.client
+    }
 }
 
 /// `request_filter`, once `ctx.kind` and the route are known: the in-flight gauge, and
@@ -295,10 +300,70 @@ impl<'a> ReportedHeaders<'a> {
     }
 }
 
+/// What [`request_finished`] reads of the exchange with the client.
+pub enum Exchange<'a> {
+    /// The request's own session.
+    Session(&'a Session),
+    /// A relayed SSE stream, whose session has been taken apart: the copy it kept of the
+    /// request ([`reported_request`]), the client's address and the body bytes it sent.
+    Relayed {
+        request: &'a RequestHeader,
+        client: Option<IpAddr>,
+        body_bytes: u64,
+    },
+}
+
+impl Exchange<'_> {
+    fn request(&self) -> &RequestHeader {
+        match self {
+            Exchange::Session(session) => session.req_header(),
+            Exchange::Relayed { request, .. } => request,
+        }
+    }
+
+    fn client(&self) -> Option<IpAddr> {
+        match self {
+            Exchange::Session(session) => client_ip(session),
+            Exchange::Relayed { client, .. } => *client,
+        }
+    }
+
+    fn body_bytes(&self) -> u64 {
+        match self {
+            Exchange::Session(session) => {
+                u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX)
+            }
+            Exchange::Relayed { body_bytes, .. } => *body_bytes,
+        }
+    }
+}
+
+/// A copy of what [`request_finished`] reads of `req` (its request line and the headers
+/// reported), owning its bytes: a relayed stream keeps this for its log line and span
+/// rather than the client's whole request and the buffer it was read into.
+pub fn reported_request(req: &RequestHeader) -> pingora::Result<RequestHeader> {
+    let reported = ReportedHeaders::of(&req.headers);
+    let fields = [
+        (http::header::AUTHORIZATION, reported.authorization),
+        (http::header::HOST, reported.host),
+        (http::header::REFERER, reported.referer),
+        (http::header::USER_AGENT, reported.user_agent),
+        (X_FORWARDED_FOR.clone(), reported.x_forwarded_for),
+    ];
+    let mut copy = RequestHeader::build_no_case(req.method.clone(), req.raw_path(), Some(5))?;
+    copy.set_version(req.version);
+    for (name, value) in fields {
+        if let Some(value) = value.and_then(|v| http::HeaderValue::from_bytes(v).ok()) {
+            copy.append_header(name, value)?;
+        }
+    }
+    Ok(copy)
+}
+
 /// `logging`, once per request at its very end (SSE: when the stream ends): metrics,
 /// access-log line, span. `status` is what the client got (499 when it left first).
 /// With every kind of telemetry off it returns after three loads.
-pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
+pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u16) {
     let in_flight = ctx.telemetry.in_flight.take();
     ctx.telemetry.sse = None;
     let span = ctx.telemetry.span.take();
@@ -310,13 +375,13 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
     if !prometheus && otlp.is_none() && access_log.is_none() {
         return;
     }
-    let req = session.req_header();
+    let req = exchange.request();
     let now = Instant::now();
     let finished = Finished {
         method: MethodLabel::of(&req.method),
         status,
         elapsed: now.saturating_duration_since(ctx.started),
-        body_bytes: u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX),
+        body_bytes: exchange.body_bytes(),
         upstream_time: ctx
             .telemetry
             .upstream_started
@@ -326,7 +391,7 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
     let traced = span.is_some() && otlp.is_some();
     let (headers, client) = if access_log.is_some() || traced {
         // known since request_filter unless only the access log is on
-        let client = ctx.telemetry.client.or_else(|| client_ip(session));
+        let client = ctx.telemetry.client.or_else(|| exchange.client());
         (ReportedHeaders::of(&req.headers), client.map(IpText::new))
     } else {
         (ReportedHeaders::default(), None)
@@ -338,7 +403,7 @@ pub fn request_finished(session: &Session, ctx: &mut RequestCtx, status: u16) {
             client,
             span: span.as_deref(),
         };
-        write_log_line(session, ctx, &finished, &line, access_log);
+        write_log_line(req, ctx, &finished, &line, access_log);
     }
     if prometheus || otlp.is_some() {
         let route = match ctx.telemetry.route.take() {
@@ -420,14 +485,13 @@ struct LineParts<'a> {
 }
 
 fn write_log_line(
-    session: &Session,
+    req: &RequestHeader,
     ctx: &RequestCtx,
     f: &Finished,
     parts: &LineParts<'_>,
     access_log: &AccessLog,
 ) {
     let headers = parts.headers;
-    let req = session.req_header();
     let format = ctx.snapshot.config.access_log.format;
     let entry = Entry {
         remote_addr: parts.client,
@@ -453,7 +517,8 @@ fn write_log_line(
     access_log.write(access_log::format_line(format, &entry, f.at));
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+/// The client's IP address, when it came over TCP.
+pub fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())

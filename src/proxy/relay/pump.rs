@@ -1,0 +1,201 @@
+//! The body of a relayed stream: upstream bytes to the client as they arrive.
+//!
+//! While the stream waits for its next event it holds no buffer: each read polls the
+//! upstream with a buffer on the stack, and only bytes that arrived are copied out, framed
+//! for the client, written and dropped. So an idle stream costs its two connections, its
+//! task and the decoder's few words.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::protocols::Stream;
+use pingora::ErrorType;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use super::exchange::framing_error;
+use super::framing::{BodyDecoder, Outgoing};
+
+/// The most read from the upstream at once (Pingora reads bodies in 64 KiB; an event is
+/// far smaller, and a larger one comes in several reads).
+const READ_SIZE: usize = 16 * 1024;
+
+/// The two ends of a stream whose answer header the client already has.
+pub struct Pump {
+    pub client: Stream,
+    pub upstream: Stream,
+    pub decoder: BodyDecoder,
+    pub outgoing: Outgoing,
+    /// The route's `timeout`: the longest wait for the next bytes, or to write them.
+    pub idle: Option<Duration>,
+    /// Body bytes the client has been sent.
+    pub sent: u64,
+}
+
+/// How a stream ended.
+pub enum End {
+    /// The upstream's body is complete and so is the client's.
+    Finished,
+    /// Nothing came within the route's `timeout`: the client's body was ended as if
+    /// complete (its last chunk), so that it sees a clean end rather than a cut.
+    Idle,
+    /// The client closed its connection, or sent something, which it does only to leave.
+    ClientLeft(Box<Error>),
+    /// The upstream failed or broke off mid-body: the client's connection is closed
+    /// without the body's end, so the client can tell the stream did not finish.
+    UpstreamFailed(Box<Error>),
+}
+
+/// What one wait brought.
+enum Event {
+    /// Bytes for the client (framed); `true` when the upstream's body is complete.
+    Data(Vec<u8>, u64, bool),
+    UpstreamClosed,
+    UpstreamError(Box<Error>),
+    ClientLeft(Box<Error>),
+    Idle,
+}
+
+impl Pump {
+    /// Relays until the stream ends, starting with the body bytes `preread` with the answer's
+    /// header.
+    pub async fn run(&mut self, preread: Bytes) -> End {
+        let idle_timer = tokio::time::sleep(self.idle.unwrap_or(Duration::MAX));
+        tokio::pin!(idle_timer);
+        let mut first = (!preread.is_empty()).then(|| self.frame(&preread));
+        drop(preread);
+        loop {
+            let event = if let Some(first) = first.take() {
+                first
+            } else {
+                let (upstream, client) = (&mut self.upstream, &mut self.client);
+                let (decoder, outgoing) = (&mut self.decoder, self.outgoing);
+                tokio::select! {
+                    biased;
+                    event = poll_fn(|cx| poll_upstream(upstream, decoder, outgoing, cx)) => event,
+                    gone = poll_fn(|cx| poll_client(client, cx)) => Event::ClientLeft(gone),
+                    () = &mut idle_timer, if self.idle.is_some() => Event::Idle,
+                }
+            };
+            match event {
+                Event::Data(mut out, data_bytes, complete) => {
+                    if complete {
+                        out.extend_from_slice(self.outgoing.end());
+                    }
+                    // (A read of chunk framing alone has nothing for the client.)
+                    if !out.is_empty() {
+                        if let Err(e) = self.write(&out).await {
+                            return End::ClientLeft(e);
+                        }
+                    }
+                    self.sent += data_bytes;
+                    if complete {
+                        return End::Finished;
+                    }
+                    if let Some(idle) = self.idle {
+                        idle_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + idle);
+                    }
+                }
+                Event::UpstreamClosed if self.decoder.ends_at_close() => {
+                    return match self.write(self.outgoing.end()).await {
+                        Ok(()) => End::Finished,
+                        Err(e) => End::ClientLeft(e),
+                    };
+                }
+                Event::UpstreamClosed => {
+                    let e = Error::explain(ErrorType::ConnectionClosed, "upstream closed mid-body");
+                    return End::UpstreamFailed(e.into_up());
+                }
+                Event::UpstreamError(e) => return End::UpstreamFailed(e),
+                Event::ClientLeft(e) => return End::ClientLeft(e),
+                Event::Idle => {
+                    // Best effort: the connection closes after it either way.
+                    let _ = self.write(self.outgoing.end()).await;
+                    return End::Idle;
+                }
+            }
+        }
+    }
+
+    /// `wire` from the upstream, decoded and framed for the client.
+    fn frame(&mut self, wire: &[u8]) -> Event {
+        frame(&mut self.decoder, self.outgoing, wire)
+    }
+
+    /// Writes and flushes `bytes` to the client, within the route's `timeout`.
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let client = &mut self.client;
+        let write = async {
+            client.write_all(bytes).await?;
+            client.flush().await
+        };
+        let result = match self.idle {
+            Some(limit) => match tokio::time::timeout(limit, write).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(Error::explain(ErrorType::WriteTimedout, "client").into_down())
+                }
+            },
+            None => write.await,
+        };
+        result
+            .or_err(ErrorType::WriteError, "writing the stream to the client")
+            .map_err(|e| e.into_down())
+    }
+}
+
+/// Reads what the upstream has ready into a buffer on the stack and returns it decoded and
+/// framed for the client; nothing is kept while the upstream has nothing.
+fn poll_upstream(
+    upstream: &mut Stream,
+    decoder: &mut BodyDecoder,
+    outgoing: Outgoing,
+    cx: &mut Context<'_>,
+) -> Poll<Event> {
+    let mut buf = [0u8; READ_SIZE];
+    let mut read = ReadBuf::new(&mut buf);
+    match Pin::new(upstream).poll_read(cx, &mut read) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(e)) => Poll::Ready(Event::UpstreamError(
+            Error::because(ErrorType::ReadError, "reading the stream from upstream", e).into_up(),
+        )),
+        Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Event::UpstreamClosed),
+        Poll::Ready(Ok(())) => Poll::Ready(frame(decoder, outgoing, read.filled())),
+    }
+}
+
+/// `wire` from the upstream, decoded and framed for the client.
+fn frame(decoder: &mut BodyDecoder, outgoing: Outgoing, wire: &[u8]) -> Event {
+    // Room for the bytes, and a chunk header and end per run of data.
+    let mut out = Vec::with_capacity(wire.len() + 32);
+    let mut data_bytes = 0;
+    let decoded = decoder.decode(wire, &mut |data| {
+        data_bytes += data.len() as u64;
+        outgoing.encode(data, &mut out);
+    });
+    match decoded {
+        Ok(()) => Event::Data(out, data_bytes, decoder.is_done()),
+        Err(e) => Event::UpstreamError(framing_error(e)),
+    }
+}
+
+/// Ready when the client leaves: its request is complete, so its close, or any byte it
+/// sends (a pipelined request the stream would hold up), ends the stream.
+fn poll_client(client: &mut Stream, cx: &mut Context<'_>) -> Poll<Box<Error>> {
+    let mut buf = [0u8; 1];
+    let mut read = ReadBuf::new(&mut buf);
+    match Pin::new(client).poll_read(cx, &mut read) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(e)) => Poll::Ready(
+            Error::because(ErrorType::ReadError, "client connection failed", e).into_down(),
+        ),
+        Poll::Ready(Ok(())) => Poll::Ready(
+            Error::explain(ErrorType::ConnectionClosed, "client left the stream").into_down(),
+        ),
+    }
+}
