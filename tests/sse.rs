@@ -126,34 +126,6 @@ async fn setup() -> Setup {
     }
 }
 
-/// A raw TCP upstream on 127.0.0.1, for answers no HTTP server library would give:
-/// `serve` runs on each connection it accepts.
-async fn raw_upstream<F, Fut>(serve: F) -> std::net::SocketAddr
-where
-    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream));
-        }
-    });
-    addr
-}
-
-/// One SSE route `name` to the upstream at `addr`, with a 30 s timeout.
-fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
-    format!(
-        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
-         [[routes]]\nname = \"{name}\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\n\
-         timeout = \"30s\"\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_arrives_alone_and_at_once() {
     let s = setup().await;
@@ -295,7 +267,7 @@ async fn large_chunked_upload_arrives_intact() {
 async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A raw upstream: one event of a chunked SSE response, then the connection drops.
-    let addr = raw_upstream(|mut stream| async move {
+    let addr = common::raw_upstream(|mut stream| async move {
         let mut buf = [0u8; 4096];
         let _ = stream.read(&mut buf).await;
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -304,7 +276,7 @@ async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    let proxy = Proxy::start(&sse_route_to("dying", addr));
+    let proxy = Proxy::start(&common::sse_route_to("dying", addr));
     let mut resp = common::client()
         .get(proxy.url("/x"))
         .send()
@@ -333,7 +305,7 @@ async fn client_leaving_before_the_answer_starts_closes_the_upstream_at_once() {
     let reached = Arc::new(Mutex::new(None));
     let closed_at = Arc::new(Mutex::new(None));
     let (reached_by, closed_by) = (reached.clone(), closed_at.clone());
-    let addr = raw_upstream(move |mut stream| {
+    let addr = common::raw_upstream(move |mut stream| {
         let (reached_by, closed_by) = (reached_by.clone(), closed_by.clone());
         async move {
             let mut buf = [0u8; 4096];
@@ -344,7 +316,7 @@ async fn client_leaving_before_the_answer_starts_closes_the_upstream_at_once() {
         }
     })
     .await;
-    let proxy = Proxy::start(&sse_route_to("slow", addr));
+    let proxy = Proxy::start(&common::sse_route_to("slow", addr));
     let mut client = tokio::net::TcpStream::connect(proxy.addr)
         .await
         .expect("connect");
@@ -462,7 +434,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 async fn interim_answers_before_the_stream_are_not_relayed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A raw upstream: 103 Early Hints, then the stream: one event and its end.
-    let addr = raw_upstream(|mut stream| async move {
+    let addr = common::raw_upstream(|mut stream| async move {
         let mut buf = [0u8; 4096];
         let _ = stream.read(&mut buf).await;
         let answer = "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n\
@@ -471,7 +443,7 @@ async fn interim_answers_before_the_stream_are_not_relayed() {
         let _ = stream.write_all(answer.as_bytes()).await;
     })
     .await;
-    let proxy = Proxy::start(&sse_route_to("hints", addr));
+    let proxy = Proxy::start(&common::sse_route_to("hints", addr));
     let resp = common::client()
         .get(proxy.url("/chat"))
         .send()

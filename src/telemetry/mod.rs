@@ -341,7 +341,12 @@ impl Exchange<'_> {
 /// A copy of what [`request_finished`] reads of `req` (its request line and the headers
 /// reported), owning its bytes: a relayed stream keeps this for its log line and span
 /// rather than the client's whole request and the buffer it was read into.
-pub fn reported_request(req: &RequestHeader) -> pingora::Result<RequestHeader> {
+pub fn reported_request(req: &RequestHeader) -> RequestHeader {
+    // A request that was parsed has a path that builds: the whole copy is only a fallback.
+    reported_copy(req).unwrap_or_else(|_| req.clone())
+}
+
+fn reported_copy(req: &RequestHeader) -> pingora::Result<RequestHeader> {
     let reported = ReportedHeaders::of(&req.headers);
     let fields = [
         (http::header::AUTHORIZATION, reported.authorization),
@@ -579,5 +584,36 @@ mod tests {
         assert_eq!(host(&req, Some(b"[::1]:8080")), Some("[::1]"));
         assert_eq!(host(&req, Some(b":80")), None);
         assert_eq!(host(&req, None), None);
+    }
+
+    #[test]
+    fn a_reported_request_keeps_what_the_log_reads() {
+        let mut req = RequestHeader::build("POST", b"/chat?stream=1&x=%20", None).expect("request");
+        req.set_version(http::Version::HTTP_10);
+        for (name, value) in [
+            ("Host", "edge.example"),
+            ("User-Agent", "first/1.0"),
+            ("User-Agent", "second/2.0"),
+            ("Cookie", "secret"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("Referer", "http://r/"),
+            ("Authorization", "Basic YTpi"),
+        ] {
+            req.append_header(name, value).expect("header");
+        }
+        let copy = reported_request(&req);
+        assert_eq!(copy.method, req.method);
+        assert_eq!(copy.raw_path(), b"/chat?stream=1&x=%20");
+        assert_eq!(copy.version, http::Version::HTTP_10);
+        let (original, kept) = (
+            ReportedHeaders::of(&req.headers),
+            ReportedHeaders::of(&copy.headers),
+        );
+        assert_eq!(kept.user_agent, Some(&b"first/1.0"[..]));
+        assert_eq!(kept.host, original.host);
+        assert_eq!(kept.referer, original.referer);
+        assert_eq!(kept.x_forwarded_for, original.x_forwarded_for);
+        assert_eq!(kept.authorization, original.authorization);
+        assert_eq!(copy.headers.len(), 5, "{:?}", copy.headers);
     }
 }

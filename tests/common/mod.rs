@@ -462,3 +462,31 @@ pub async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bo
 pub fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).expect("status")
 }
+
+/// A raw TCP upstream on 127.0.0.1, for answers no HTTP server library would give:
+/// `serve` runs on each connection it accepts.
+pub async fn raw_upstream<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
+/// One SSE route `name` to the upstream at `addr`, with a 30 s timeout.
+pub fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
+    format!(
+        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
+         [[routes]]\nname = \"{name}\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\n\
+         timeout = \"30s\"\n"
+    )
+}

@@ -33,7 +33,6 @@ mod framing;
 mod pump;
 
 use std::io::Cursor;
-use std::net::IpAddr;
 use std::sync::Weak;
 
 use bytes::Bytes;
@@ -115,41 +114,24 @@ fn relay(
             Box::pin(serve_session(&proxy, *session)).await;
             return;
         }
-        let taken = match Box::pin(take_apart(*session, &ctx, opened.outgoing)).await {
-            Ok(taken) => taken,
-            Err(e) => {
-                // The client's connection failed under the answer's header: it is gone.
-                super::log_failure(&ctx, &e);
-                return;
+        // What the log line needs, before the session is taken apart.
+        let request = telemetry::reported_request(session.req_header());
+        let client_ip = ctx
+            .telemetry
+            .client()
+            .or_else(|| telemetry::client_ip(&session));
+        let status = opened.status;
+        let (end, sent, next) = match Box::pin(take_apart(*session, opened.outgoing)).await {
+            Ok((client, settings)) => {
+                let (end, sent, client) = relay_body(&proxy, opened, client).await;
+                let finished = matches!(end, End::Finished);
+                let next = settings
+                    .filter(|_| finished)
+                    .map(|settings| ReusedHttpStream::new(client, Some(settings)));
+                (end, sent, next)
             }
+            Err(e) => (End::ClientLeft(e), 0, None),
         };
-        let Taken {
-            client,
-            settings,
-            request,
-            client_ip,
-        } = taken;
-        let mut pump = Pump {
-            client,
-            upstream: opened.upstream,
-            decoder: BodyDecoder::new(opened.incoming),
-            outgoing: opened.outgoing,
-            idle: opened.idle,
-            sent: 0,
-        };
-        let end = pump.run(opened.preread).await;
-        let Pump {
-            client,
-            upstream,
-            decoder,
-            sent,
-            ..
-        } = pump;
-        let finished = matches!(end, End::Finished);
-        if finished {
-            let keepalive = opened.keepalive && decoder.reusable();
-            release_upstream(&proxy, upstream, opened.reuse_key, keepalive);
-        }
         match &end {
             End::Finished => {}
             End::Idle => tracing::debug!(
@@ -165,13 +147,31 @@ fn relay(
             client: client_ip,
             body_bytes: sent,
         };
-        telemetry::request_finished(&exchange, &mut ctx, opened.status);
+        telemetry::request_finished(&exchange, &mut ctx, status);
         drop(ctx);
-        if let Some(settings) = settings.filter(|_| finished) {
-            let next = ReusedHttpStream::new(client, Some(settings));
+        if let Some(next) = next {
             Box::pin(serve_next(&proxy, next)).await;
         }
     }
+}
+
+/// Relays the body to the bare `client` connection; returns how it ended, the body bytes
+/// sent and the connection.
+async fn relay_body(proxy: &EdgeProxy, opened: Opened, client: Stream) -> (End, u64, Stream) {
+    let mut pump = Pump {
+        client,
+        upstream: opened.upstream,
+        decoder: BodyDecoder::new(opened.incoming),
+        outgoing: opened.outgoing,
+        idle: opened.idle,
+        sent: 0,
+    };
+    let end = pump.run(opened.preread).await;
+    if matches!(end, End::Finished) {
+        let keepalive = opened.keepalive && pump.decoder.reusable();
+        release_upstream(proxy, pump.upstream, opened.reuse_key, keepalive);
+    }
+    (end, pump.sent, pump.client)
 }
 
 /// Puts an upstream connection in the relay's pool when it can carry another request;
@@ -261,25 +261,12 @@ async fn open(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) ->
     })
 }
 
-/// What is left of the client's session once the answer's header is sent.
-struct Taken {
-    /// The bare connection.
-    client: Stream,
-    /// How the connection goes on after the stream, if it can.
-    settings: Option<HttpPersistentSettings>,
-    /// What the log line needs of the request ([`telemetry::reported_request`]).
-    request: RequestHeader,
-    client_ip: Option<IpAddr>,
-}
-
-/// Takes the client's session apart into its connection, keeping only what the rest of the
-/// stream needs.
-async fn take_apart(mut session: Session, ctx: &RequestCtx, outgoing: Outgoing) -> Result<Taken> {
-    let request = telemetry::reported_request(session.req_header())?;
-    let client_ip = ctx
-        .telemetry
-        .client()
-        .or_else(|| telemetry::client_ip(&session));
+/// Takes the client's session apart into its bare connection, and how the connection goes
+/// on after the stream, if it can.
+async fn take_apart(
+    mut session: Session,
+    outgoing: Outgoing,
+) -> Result<(Stream, Option<HttpPersistentSettings>)> {
     let settings = HttpPersistentSettings::for_session(session.as_downstream());
     let downstream = std::mem::replace(
         session.as_downstream_mut(),
@@ -315,12 +302,7 @@ async fn take_apart(mut session: Session, ctx: &RequestCtx, outgoing: Outgoing) 
         .await
         .or_err(ErrorType::WriteError, "sending the answer header")
         .map_err(|e| e.into_down())?;
-    Ok(Taken {
-        client,
-        settings,
-        request,
-        client_ip,
-    })
+    Ok((client, settings))
 }
 
 /// Hands a session's connection back to Pingora's pipeline when it can carry the client's
