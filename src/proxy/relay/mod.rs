@@ -101,7 +101,7 @@ fn relay(
                 proxy.logging(&mut session, Some(&e), &mut ctx).await;
                 drop(ctx); // the request is over: the drain no longer waits for it
                 if failed.can_reuse_downstream {
-                    Box::pin(serve_session(&proxy, *session)).await;
+                    Box::pin(serve_session(&proxy, session)).await;
                 }
                 return;
             }
@@ -111,7 +111,7 @@ fn relay(
             release_upstream(&proxy, opened.upstream, opened.reuse_key, opened.keepalive);
             proxy.logging(&mut session, None, &mut ctx).await;
             drop(ctx);
-            Box::pin(serve_session(&proxy, *session)).await;
+            Box::pin(serve_session(&proxy, session)).await;
             return;
         }
         // What the log line needs, before the session is taken apart.
@@ -121,7 +121,7 @@ fn relay(
             .client()
             .or_else(|| telemetry::client_ip(&session));
         let status = opened.status;
-        let (end, sent, next) = match Box::pin(take_apart(*session, opened.outgoing)).await {
+        let (end, sent, next) = match Box::pin(take_apart(session, opened.outgoing)).await {
             Ok((client, settings)) => {
                 let (end, sent, client) = relay_body(&proxy, opened, client).await;
                 let finished = matches!(end, End::Finished);
@@ -263,8 +263,11 @@ async fn open(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) ->
 
 /// Takes the client's session apart into its bare connection, and how the connection goes
 /// on after the stream, if it can.
+///
+/// The session comes boxed and is dropped here: moving it out of its box would leave the
+/// box's memory (2 KiB) with the task until the stream ends.
 async fn take_apart(
-    mut session: Session,
+    mut session: Box<Session>,
     outgoing: Outgoing,
 ) -> Result<(Stream, Option<HttpPersistentSettings>)> {
     let settings = HttpPersistentSettings::for_session(session.as_downstream());
@@ -307,7 +310,7 @@ async fn take_apart(
 
 /// Hands a session's connection back to Pingora's pipeline when it can carry the client's
 /// next request.
-async fn serve_session(proxy: &EdgeProxy, mut session: Session) {
+async fn serve_session(proxy: &EdgeProxy, mut session: Box<Session>) {
     let downstream = std::mem::replace(
         session.as_downstream_mut(),
         ServerSession::new_http1(closed_stream()),
