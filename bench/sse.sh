@@ -8,8 +8,8 @@
 # descriptors per stream), HOLD=30 (seconds the streams are held), EVERY_MS=3000 (one event
 # per stream every 3 s), ROUNDS=1, PROXY_CPU=0, LOAD_CPU=1.
 #
-# Reports per proxy: streams lost, the RSS increase per held stream (KiB), and the p50/p99
-# latency per event (receive time minus the backend's send stamp: the proxy's added latency
+# Reports per proxy: streams lost, the RSS increase per held stream (KiB), the proxy's CPU
+# time per relayed event over the hold (µs, from /proc), and the p50/p99 latency per event (receive time minus the backend's send stamp: the proxy's added latency
 # plus the same loopback cost for both). A `direct` run (the client on the backend itself, no
 # proxy) measures that floor, and the summary subtracts it: the added latency per proxy.
 set -euo pipefail
@@ -54,6 +54,14 @@ wait_http() {  # wait_http URL
         sleep 0.05
     done
     return 1
+}
+
+cpu_ticks() {  # cpu_ticks PID... — summed user + system clock ticks
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
 }
 
 rss_kib() {  # rss_kib PID... — summed VmRSS
@@ -126,7 +134,7 @@ CONF
 }
 
 run_one() {  # run_one KIND ROUND — KIND nginx, edge, or direct (no proxy: the floor)
-    local kind=$1 round=$2 port out rss0=0 rss1=0 summary url
+    local kind=$1 round=$2 port out rss0=0 rss1=0 cpu0=0 cpu1=0 summary url
     if [[ $kind == direct ]]; then
         PROXY_PIDS=()
         url="http://127.0.0.1:$BACKEND_PORT/sse"
@@ -142,18 +150,24 @@ run_one() {  # run_one KIND ROUND — KIND nginx, edge, or direct (no proxy: the
         --streams "$STREAMS" --hold-secs "$HOLD" >"$out" 2>&1 &
     local client=$!
     for _ in $(seq 1 1200); do grep -q '^established' "$out" && break; sleep 0.1; done
+    [[ $kind == direct ]] || cpu0=$(cpu_ticks "${PROXY_PIDS[@]}")
     sleep "$(( HOLD / 2 ))"   # streams idle between events: the memory they hold
     [[ $kind == direct ]] || rss1=$(rss_kib "${PROXY_PIDS[@]}")
     wait "$client" || true
+    [[ $kind == direct ]] || cpu1=$(cpu_ticks "${PROXY_PIDS[@]}")
     summary=$(grep '^streams=' "$out" || echo "streams=0 lost=$STREAMS events=0 p50_us=0 p99_us=0 max_us=0")
     if [[ $kind != direct ]]; then
         kill "${PROXY_PIDS[0]}" 2>/dev/null || true
         wait "${PROXY_PIDS[0]}" 2>/dev/null || true
     fi
-    local per_stream
+    local per_stream events cpu_per_event
     per_stream=$(awk -v a="$rss0" -v b="$rss1" -v n="$STREAMS" 'BEGIN { printf "%.1f", (b - a) / n }')
-    printf '%s\tround=%s\t%s\trss_before_kib=%s\trss_held_kib=%s\tkib_per_stream=%s\n' \
-        "$kind" "$round" "$summary" "$rss0" "$rss1" "$per_stream" | tee -a "$TMP/results.tsv"
+    # CPU per relayed event over the hold (the streams are all established by then).
+    events=$(sed -n 's/.* events=\([0-9]*\).*/\1/p' <<<"$summary")
+    cpu_per_event=$(awk -v t="$((cpu1 - cpu0))" -v hz="$(getconf CLK_TCK)" -v e="${events:-0}" \
+        'BEGIN { printf "%.1f", (e > 0 ? t * 1e6 / hz / e : 0) }')
+    printf '%s\tround=%s\t%s\trss_before_kib=%s\trss_held_kib=%s\tkib_per_stream=%s\tcpu_us_per_event=%s\n' \
+        "$kind" "$round" "$summary" "$rss0" "$rss1" "$per_stream" "$cpu_per_event" | tee -a "$TMP/results.tsv"
 }
 
 log "backend on 127.0.0.1:$BACKEND_PORT; $STREAMS streams, one event per ${EVERY_MS} ms, held ${HOLD} s, $ROUNDS round(s)"
@@ -171,8 +185,8 @@ median() {  # median KIND FIELD
 echo
 echo "median over rounds (direct = client straight to the backend: the harness's own floor):"
 for kind in direct nginx edge; do
-    for field in lost p50_us p99_us kib_per_stream; do
-        [[ $kind == direct && $field == kib_per_stream ]] && continue
+    for field in lost p50_us p99_us kib_per_stream cpu_us_per_event; do
+        [[ $kind == direct && ( $field == kib_per_stream || $field == cpu_us_per_event ) ]] && continue
         printf '  %-6s %-15s %s\n' "$kind" "$field" "$(median "$kind" "$field")"
     done
 done

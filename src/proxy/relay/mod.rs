@@ -204,8 +204,7 @@ struct Opened {
 /// header (and, for an answer without a body, its end).
 async fn open(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) -> Result<Opened> {
     let (mut upstream, peer) = connect(proxy, session, ctx).await?;
-    let timeouts = (peer.options.read_timeout, peer.options.write_timeout);
-    let (read_timeout, write_timeout) = timeouts;
+    let (read_timeout, write_timeout) = (peer.options.read_timeout, peer.options.write_timeout);
 
     let has_body = !session.is_body_empty();
     let mut request = upstream_request(session.req_header(), has_body);
