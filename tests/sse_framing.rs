@@ -31,6 +31,17 @@ async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Option<String> {
     String::from_utf8(head).ok()
 }
 
+/// Sends `request` on `client` and returns the answer's header, lowercased, asserting a 200.
+async fn ask(client: &mut TcpStream, request: &[u8], round: usize) -> String {
+    client.write_all(request).await.expect("request");
+    let head = read_head(client)
+        .await
+        .expect("an answer")
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "round {round}: {head}");
+    head
+}
+
 /// Reads exactly `n` bytes, within 5 s.
 async fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut body = vec![0u8; n];
@@ -62,15 +73,7 @@ async fn a_content_length_answer_is_passed_on_and_both_connections_kept() {
     let proxy = Proxy::start(&common::sse_route_to("sized", addr));
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     for round in 0..2 {
-        client
-            .write_all(b"GET /s HTTP/1.1\r\nHost: edge\r\n\r\n")
-            .await
-            .expect("request");
-        let head = read_head(&mut client)
-            .await
-            .expect("an answer")
-            .to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 200"), "round {round}: {head}");
+        let head = ask(&mut client, b"GET /s HTTP/1.1\r\nHost: edge\r\n\r\n", round).await;
         assert!(
             head.contains("content-length: 22\r\n"),
             "round {round}: {head}"
@@ -158,15 +161,12 @@ async fn a_head_answer_has_no_body_to_wait_for() {
     let proxy = Proxy::start(&common::sse_route_to("head", addr));
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     for round in 0..2 {
-        client
-            .write_all(b"HEAD /s HTTP/1.1\r\nHost: edge\r\n\r\n")
-            .await
-            .expect("request");
-        let head = read_head(&mut client)
-            .await
-            .expect("an answer")
-            .to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 200"), "round {round}: {head}");
+        let head = ask(
+            &mut client,
+            b"HEAD /s HTTP/1.1\r\nHost: edge\r\n\r\n",
+            round,
+        )
+        .await;
         assert!(
             head.contains("content-length: 100\r\n"),
             "round {round}: {head}"
