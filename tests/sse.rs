@@ -263,6 +263,58 @@ async fn large_chunked_upload_arrives_intact() {
     );
 }
 
+/// Reads from `stream` until `until` has come, within 5 s; returns all that was read.
+async fn read_until(stream: &mut tokio::net::TcpStream, until: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains(until) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the answer stalled")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before {until:?}: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A client waiting for `100 Continue` gets it from the proxy at once (as from nginx), not
+/// after its own timeout; the upstream, which gets the body streamed, is not asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_expecting_100_continue_is_told_to_go_on() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup().await;
+    let mut client = tokio::net::TcpStream::connect(s.proxy.addr)
+        .await
+        .expect("connect");
+    client
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .expect("request header");
+    // curl sends its body anyway after 1 s: the interim answer must come before that.
+    let interim = tokio::time::timeout(
+        Duration::from_millis(900),
+        read_until(&mut client, "\r\n\r\n"),
+    )
+    .await
+    .expect("no 100 Continue within 0.9 s");
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    client.write_all(b"hello").await.expect("body");
+    let answer = read_until(&mut client, "5 bytes").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = s.backend.last();
+    assert_eq!(seen.body.as_ref(), b"hello");
+    assert_eq!(seen.header("expect"), None, "the upstream was asked too");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

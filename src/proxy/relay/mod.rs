@@ -212,6 +212,15 @@ async fn open(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) ->
         .upstream_request_filter(session, &mut request, ctx)
         .await?;
     exchange::send_header(&mut upstream, &request, write_timeout).await?;
+    if has_body && expects_continue(session.req_header()) {
+        // As nginx does, the proxy itself asks for the body it is about to stream (the
+        // upstream is not asked: `upstream_request` leaves `Expect` out).
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|e| e.into_down())?;
+    }
     if has_body {
         let framing = exchange::request_framing(&request);
         forward_request_body(proxy, session, ctx, &mut upstream, framing, write_timeout).await?;
@@ -401,8 +410,8 @@ async fn forward_request_body(
 }
 
 /// The client's request as the upstream gets it before the route's filters: HTTP/1.1,
-/// without the hop-by-hop headers of the client's connection (RFC 9110 §7.6.1), and with a
-/// body framed for this connection.
+/// without the hop-by-hop headers of the client's connection (RFC 9110 §7.6.1) nor an
+/// `Expect` the proxy answers itself, and with a body framed for this connection.
 fn upstream_request(client: &RequestHeader, has_body: bool) -> RequestHeader {
     let mut request = client.clone();
     request.set_version(Version::HTTP_11);
@@ -417,6 +426,7 @@ fn upstream_request(client: &RequestHeader, has_body: bool) -> RequestHeader {
     for name in nominated.iter().chain(&HOP_BY_HOP) {
         request.remove_header(name);
     }
+    request.remove_header(&header::EXPECT);
     if has_body && client.headers.contains_key(header::TRANSFER_ENCODING) {
         // The client's chunks are decoded on the way in; the upstream gets chunks of ours,
         // and a Content-Length beside Transfer-Encoding says nothing (RFC 9112 §6.3).
@@ -427,6 +437,14 @@ fn upstream_request(client: &RequestHeader, has_body: bool) -> RequestHeader {
         let _ = request.insert_header(header::TRANSFER_ENCODING, "chunked");
     }
     request
+}
+
+/// Whether the client waits for `100 Continue` before it sends its body (RFC 9110 §10.1.1).
+fn expects_continue(request: &RequestHeader) -> bool {
+    request
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The headers of one connection, never forwarded: the same list Pingora strips on its
