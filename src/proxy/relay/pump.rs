@@ -6,6 +6,7 @@
 //! task and the decoder's few words.
 
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -157,8 +158,9 @@ fn poll_upstream(
     outgoing: Outgoing,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
-    let mut buf = [0u8; READ_SIZE];
-    let mut read = ReadBuf::new(&mut buf);
+    // Uninitialised: zeroing 16 KiB on every poll showed in `perf` (1.3 % of the proxy's time).
+    let mut buf = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+    let mut read = ReadBuf::uninit(&mut buf);
     match Pin::new(upstream).poll_read(cx, &mut read) {
         Poll::Pending => Poll::Pending,
         Poll::Ready(Err(e)) => Poll::Ready(Event::UpstreamError(
