@@ -17,9 +17,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read once at its start (`_RJEM_MALLOC_CONF` in the environment still
 /// overrides them). `background_thread`: freed memory is purged by a thread of jemalloc's own
 /// rather than inside the proxy's allocations, so the memory set up for thousands of SSE
-/// streams goes back to the system without stalling the events that follow (`bench/sse.sh`:
-/// 7.2–7.5 KiB per held stream and p99 441–476 µs, against 7.7–11.4 KiB and 369–1,256 µs
-/// without); small requests cost the same (`bench/contend.sh`: 0.999×).
+/// streams goes back to the system steadily and without stalling the proxy's own threads
+/// (`bench/sse.sh`: 7.1–7.5 KiB per held stream in 7 rounds, 7.7–11.4 KiB in 8 without);
+/// small requests cost the same (`bench/contend.sh`: 0.999×).
 #[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
