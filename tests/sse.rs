@@ -399,22 +399,7 @@ async fn client_leaving_before_the_answer_starts_closes_the_upstream_at_once() {
 /// Reads one chunked HTTP/1.1 response from `stream`: its head and body up to the
 /// terminating chunk.
 async fn read_chunked_response(stream: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.ends_with(b"\r\n0\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("the response stalled")
-            .expect("read");
-        assert!(
-            n > 0,
-            "connection closed mid-response: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8(seen).expect("utf-8 response")
+    read_until(stream, "\r\n0\r\n\r\n").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
