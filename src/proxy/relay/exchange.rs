@@ -15,9 +15,10 @@ use pingora::prelude::*;
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::Stream;
 use pingora::ErrorType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::framing::{FramingError, Incoming, Outgoing};
+use super::{within, write_flushed};
 
 /// The most header fields an answer may have (Pingora's limit).
 const MAX_HEADERS: usize = 256;
@@ -36,30 +37,6 @@ pub struct Answer {
     pub keepalive: bool,
 }
 
-/// Bounds each read or write of the exchange by `limit`, if any.
-async fn within<T>(
-    limit: Option<Duration>,
-    what: &'static str,
-    kind: ErrorType,
-    io: impl std::future::Future<Output = std::io::Result<T>>,
-) -> Result<T> {
-    let result = match limit {
-        Some(limit) => match tokio::time::timeout(limit, io).await {
-            Ok(result) => result,
-            Err(_) => return Err(Error::explain(timed_out(&kind), what).into_up()),
-        },
-        None => io.await,
-    };
-    result.or_err(kind, what).map_err(|e| e.into_up())
-}
-
-fn timed_out(kind: &ErrorType) -> ErrorType {
-    match kind {
-        ErrorType::WriteError => ErrorType::WriteTimedout,
-        _ => ErrorType::ReadTimedout,
-    }
-}
-
 /// Writes the request's header.
 pub async fn send_header(
     upstream: &mut Stream,
@@ -73,13 +50,9 @@ pub async fn send_header(
         )
         .into_up()
     })?;
-    within(
-        timeout,
-        "writing the request header",
-        ErrorType::WriteError,
-        upstream.write_all(&wire),
-    )
-    .await
+    write_flushed(upstream, &wire, timeout, "writing the request header")
+        .await
+        .map_err(|e| e.into_up())
 }
 
 /// How the request body goes upstream: its `Content-Length`, or chunks of ours.
@@ -89,21 +62,6 @@ pub fn request_framing(request: &RequestHeader) -> Outgoing {
     } else {
         Outgoing::Chunked
     }
-}
-
-/// Writes bytes of the request (body pieces, framed by the caller) and flushes them.
-pub async fn send(upstream: &mut Stream, bytes: &[u8], timeout: Option<Duration>) -> Result<()> {
-    let write = async {
-        upstream.write_all(bytes).await?;
-        upstream.flush().await
-    };
-    within(
-        timeout,
-        "writing the request body",
-        ErrorType::WriteError,
-        write,
-    )
-    .await
 }
 
 /// Reads the answer's header, past any interim (1xx) answers, as nginx does not relay them.
@@ -144,13 +102,15 @@ pub async fn read_answer(
         if buf.capacity() == buf.len() {
             buf.reserve(buf.len());
         }
+        let reading = upstream.read_buf(&mut buf);
         let read = within(
             timeout,
-            "reading the answer header",
             ErrorType::ReadError,
-            upstream.read_buf(&mut buf),
+            "reading the answer header",
+            reading,
         )
-        .await?;
+        .await
+        .map_err(|e| e.into_up())?;
         if read == 0 {
             let e = Error::explain(
                 ErrorType::ConnectionClosed,

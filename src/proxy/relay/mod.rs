@@ -279,10 +279,7 @@ async fn take_apart(
     outgoing: Outgoing,
 ) -> Result<(Stream, Option<HttpPersistentSettings>)> {
     let settings = HttpPersistentSettings::for_session(session.as_downstream());
-    let downstream = std::mem::replace(
-        session.as_downstream_mut(),
-        ServerSession::new_http1(closed_stream()),
-    );
+    let downstream = take_downstream(&mut session);
     let ServerSession::H1(mut h1) = downstream else {
         let e = Error::explain(
             ErrorType::InternalError,
@@ -319,10 +316,7 @@ async fn take_apart(
 /// Hands a session's connection back to Pingora's pipeline when it can carry the client's
 /// next request.
 async fn serve_session(proxy: &EdgeProxy, mut session: Box<Session>) {
-    let downstream = std::mem::replace(
-        session.as_downstream_mut(),
-        ServerSession::new_http1(closed_stream()),
-    );
+    let downstream = take_downstream(&mut session);
     let settings = HttpPersistentSettings::for_session(&downstream);
     // `None` unless the client keeps the connection and the exchange ended cleanly.
     if let Ok(Some(stream)) = downstream.finish().await {
@@ -347,6 +341,52 @@ async fn serve_next(proxy: &EdgeProxy, next: ReusedHttpStream) {
         }
         next = pipeline.process_new_http(session, shutdown).await;
     }
+}
+
+/// Bounds one read or write of a relayed stream by `limit`, if any. The error says what
+/// failed or timed out; which side it was is the caller's to tell (`into_up`, `into_down`).
+async fn within<T>(
+    limit: Option<std::time::Duration>,
+    kind: ErrorType,
+    what: &'static str,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T> {
+    let result = match limit {
+        Some(limit) => match tokio::time::timeout(limit, io).await {
+            Ok(result) => result,
+            Err(_) => {
+                let timed_out = match kind {
+                    ErrorType::WriteError => ErrorType::WriteTimedout,
+                    _ => ErrorType::ReadTimedout,
+                };
+                return Err(Error::explain(timed_out, what));
+            }
+        },
+        None => io.await,
+    };
+    result.or_err(kind, what)
+}
+
+/// Writes `bytes` to `stream` and flushes them, within `limit`.
+async fn write_flushed(
+    stream: &mut Stream,
+    bytes: &[u8],
+    limit: Option<std::time::Duration>,
+    what: &'static str,
+) -> Result<()> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    within(limit, ErrorType::WriteError, what, write).await
+}
+
+/// The client's session, out of `session`, which keeps a closed placeholder.
+fn take_downstream(session: &mut Session) -> ServerSession {
+    std::mem::replace(
+        session.as_downstream_mut(),
+        ServerSession::new_http1(closed_stream()),
+    )
 }
 
 /// A connection that is already closed: what stands in for a session moved elsewhere.
@@ -402,7 +442,9 @@ async fn forward_request_body(
         if end {
             wire.extend_from_slice(framing.end());
         }
-        exchange::send(upstream, &wire, timeout).await?;
+        write_flushed(upstream, &wire, timeout, "writing the request body")
+            .await
+            .map_err(|e| e.into_up())?;
         if end {
             return Ok(());
         }

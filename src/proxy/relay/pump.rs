@@ -15,7 +15,7 @@ use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::protocols::Stream;
 use pingora::ErrorType;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::exchange::framing_error;
 use super::framing::{BodyDecoder, Outgoing};
@@ -130,22 +130,9 @@ impl Pump {
 
     /// Writes and flushes `bytes` to the client, within the route's `timeout`.
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let client = &mut self.client;
-        let write = async {
-            client.write_all(bytes).await?;
-            client.flush().await
-        };
-        let result = match self.idle {
-            Some(limit) => match tokio::time::timeout(limit, write).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return Err(Error::explain(ErrorType::WriteTimedout, "client").into_down())
-                }
-            },
-            None => write.await,
-        };
-        result
-            .or_err(ErrorType::WriteError, "writing the stream to the client")
+        let what = "writing the stream to the client";
+        super::write_flushed(&mut self.client, bytes, self.idle, what)
+            .await
             .map_err(|e| e.into_down())
     }
 }
