@@ -356,6 +356,20 @@ async fn an_unsampled_parent_is_followed_and_tracestate_travels() {
             .all(|r| hex(&r.span.trace_id) != unsampled_trace),
         "an unsampled request was exported"
     );
+
+    // Without a valid traceparent the client's tracestate has no span to belong to: the
+    // upstream gets the proxy's new trace and no tracestate.
+    let response = send("/api/orphan-state", "not-a-traceparent".into())
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let upstream = app.last();
+    let traceparent = upstream.header("traceparent").unwrap_or_default();
+    assert!(
+        traceparent.len() == 55 && !traceparent.contains(sampled_trace),
+        "a new trace: {traceparent}"
+    );
+    assert_eq!(upstream.header("tracestate"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

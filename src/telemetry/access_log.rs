@@ -1,24 +1,24 @@
 //! The access log (SPEC §4): nginx's `main` format or one JSON object per line, to stdout
 //! or to a file that is reopened on `SIGUSR1` (logrotate's `postrotate` signal).
 //!
-//! A request only formats its line (one `String`) and hands it to a bounded channel; a
-//! dedicated writer thread does all the I/O, so a slow disk or a blocked stdout never holds
-//! a request. When the channel is full the line is dropped and counted in
-//! `edge_access_log_dropped_total` rather than waiting.
+//! A request formats its line in a buffer of its thread and appends it to one bounded
+//! queue of bytes; a dedicated writer thread does all the I/O, so a slow disk or a blocked
+//! stdout never holds a request. When the queue is full the line is dropped and counted
+//! in `edge_access_log_dropped_total` rather than waiting.
 //!
-//! The writer drains the channel in batches (one `write` per batch) and then lingers a
-//! few milliseconds before looking again, so under load a request almost never has
-//! to wake it: the cost of a line on the request path is its formatting and a lock-free
-//! enqueue.
+//! The writer takes everything queued at once and writes it with one `write`, then
+//! lingers a few milliseconds before looking again: under load the queue is never empty
+//! when a request appends, so no request wakes the writer, and a line costs the request
+//! path its formatting and one short lock, with no allocation.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::Thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -30,11 +30,17 @@ use crate::text::IpText;
 
 /// Lines that may wait for the writer; beyond this they are dropped (and counted).
 const QUEUE_LINES: usize = 16 * 1024;
+/// Bytes that may wait for the writer (long user agents and paths add up).
+const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// How long the writer waits after a batch so that the next one is larger: at most this
 /// late on disk, a line costs the request path no wake-up of the writer under load.
 const LINGER: Duration = Duration::from_millis(10);
-/// Output buffer of the writer: one `write` per batch up to this size.
-const WRITE_BUFFER: usize = 64 * 1024;
+/// A thread's line buffer: room for a common line; one that grew past the second
+/// figure (a huge user agent) is let go.
+const SCRATCH_CAPACITY: usize = 512;
+const KEEP_SCRATCH_CAPACITY: usize = 16 * 1024;
+/// The writer's batch buffer is cut back to this after a burst.
+const KEEP_BATCH_CAPACITY: usize = 256 * 1024;
 
 /// Everything one line says, borrowed from the finished request.
 pub struct Entry<'a> {
@@ -59,14 +65,12 @@ pub struct Entry<'a> {
 }
 
 /// Formats one line, newline included.
-pub fn format_line(format: LogFormat, entry: &Entry<'_>, now: SystemTime) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+fn format_line(out: &mut Vec<u8>, format: LogFormat, entry: &Entry<'_>, now: SystemTime) {
     match format {
-        LogFormat::Main => format_main(&mut out, entry, now),
-        LogFormat::Json => format_json(&mut out, entry, now),
+        LogFormat::Main => format_main(out, entry, now),
+        LogFormat::Json => format_json(out, entry, now),
     }
     out.push(b'\n');
-    out
 }
 
 /// nginx `log_format main`:
@@ -246,7 +250,6 @@ fn push_json_str(out: &mut Vec<u8>, value: &[u8]) {
 /// Calls `f` with `$time_local` (`22/Nov/2026:13:04:05 +0000`) and the RFC 3339 time of
 /// `now`, in the local time zone. Both are formatted once per second per thread.
 fn with_times(now: SystemTime, f: impl FnOnce(&str, &str)) {
-    use std::cell::RefCell;
     thread_local! {
         static CACHE: RefCell<(i64, String, String)> = const { RefCell::new((i64::MIN, String::new(), String::new())) };
     }
@@ -269,111 +272,174 @@ fn with_times(now: SystemTime, f: impl FnOnce(&str, &str)) {
     });
 }
 
-enum Message {
-    Line(Vec<u8>),
-    /// Nothing to write: look at the reopen flag now.
-    Wake,
-    /// Everything queued before this is written and flushed; then the sender is answered.
-    Flush(mpsc::Sender<()>),
+/// Lines waiting for the writer, and what else it is asked to do.
+#[derive(Default)]
+struct Pending {
+    /// Whole lines, newlines included, in the order they were queued.
+    bytes: Vec<u8>,
+    lines: usize,
+    /// Answered once every line queued before them is written ([`AccessLog::flush`]).
+    acks: Vec<mpsc::Sender<()>>,
+    /// `SIGUSR1`: reopen the file before writing what is pending.
+    reopen: bool,
+    /// The handle is gone: write what is pending and stop.
+    closed: bool,
+}
+
+/// What [`Pending::append`] did with a line.
+#[derive(Debug, PartialEq)]
+enum Appended {
+    /// The first line since the writer took the last batch: it may be parked.
+    First,
+    More,
+    /// The queue is full.
+    Dropped,
+}
+
+impl Pending {
+    fn append(&mut self, line: &[u8]) -> Appended {
+        if self.lines >= QUEUE_LINES || self.bytes.len() + line.len() > QUEUE_BYTES {
+            return Appended::Dropped;
+        }
+        let first = self.bytes.is_empty();
+        self.bytes.extend_from_slice(line);
+        self.lines += 1;
+        if first {
+            Appended::First
+        } else {
+            Appended::More
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.bytes.is_empty() || !self.acks.is_empty() || self.reopen || self.closed
+    }
 }
 
 /// The handle of the access-log writer.
 pub struct AccessLog {
-    tx: SyncSender<Message>,
-    reopen: Arc<AtomicBool>,
+    pending: Arc<Mutex<Pending>>,
+    writer: Thread,
+}
+
+/// The lock is only ever held to append or take bytes, never while formatting or writing,
+/// so a panic cannot leave a line half-written in it.
+fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+thread_local! {
+    /// Where a request formats its line before appending it whole: one buffer per thread,
+    /// reused, so a line costs no allocation and the queue's lock is held for a copy only.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH_CAPACITY));
 }
 
 impl AccessLog {
     /// Starts the writer thread. It follows `access_log.path` of the live config, so a
-    /// reload that changes it takes effect with the next line.
+    /// reload that changes it takes effect with the next batch.
     pub fn start(state: SharedState) -> io::Result<AccessLog> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
-        let reopen = Arc::new(AtomicBool::new(false));
-        let mut output = Output::open(&state.load().config.access_log.target);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let output = Output::open(&state.load().config.access_log.target);
         let writer = Writer {
             state,
-            reopen: reopen.clone(),
+            pending: pending.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer.run(&rx, &mut output))?;
-        Ok(AccessLog { tx, reopen })
+            .spawn(move || writer.run(output))?;
+        Ok(AccessLog {
+            pending,
+            writer: thread.thread().clone(),
+        })
     }
 
-    /// Queues a line; never waits. A full queue drops the line and counts it.
-    pub fn write(&self, line: Vec<u8>) {
-        match self.tx.try_send(Message::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => super::metrics::access_log_line_dropped(),
-            // The writer is gone only at exit.
-            Err(TrySendError::Disconnected(_)) => {}
+    /// Formats `entry` and queues the line; never waits. A full queue drops the line and
+    /// counts it.
+    pub fn log(&self, format: LogFormat, entry: &Entry<'_>, now: SystemTime) {
+        SCRATCH.with_borrow_mut(|line| {
+            line.clear();
+            format_line(line, format, entry, now);
+            self.queue(line);
+            if line.capacity() > KEEP_SCRATCH_CAPACITY {
+                *line = Vec::with_capacity(SCRATCH_CAPACITY);
+            }
+        });
+    }
+
+    /// Appends one whole line. Only the first line after the writer took the last batch
+    /// wakes it; under load it is already awake, lingering.
+    fn queue(&self, line: &[u8]) {
+        let appended = lock(&self.pending).append(line);
+        match appended {
+            Appended::First => self.writer.unpark(),
+            Appended::More => {}
+            Appended::Dropped => super::metrics::access_log_line_dropped(),
         }
     }
 
     /// Reopens the file (after logrotate moved it): `SIGUSR1`.
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Release);
-        let _ = self.tx.try_send(Message::Wake);
+        lock(&self.pending).reopen = true;
+        self.writer.unpark();
     }
 
     /// Waits until every line queued so far is written, or `deadline` passes.
     pub fn flush(&self, deadline: Instant) -> bool {
         let (ack_tx, ack_rx) = mpsc::channel();
-        let mut message = Message::Flush(ack_tx);
-        loop {
-            match self.tx.try_send(message) {
-                Ok(()) => break,
-                Err(TrySendError::Disconnected(_)) => return false,
-                Err(TrySendError::Full(back)) => {
-                    if Instant::now() >= deadline {
-                        return false;
-                    }
-                    message = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        ack_rx.recv_timeout(left).is_ok()
+        lock(&self.pending).acks.push(ack_tx);
+        self.writer.unpark();
+        ack_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        lock(&self.pending).closed = true;
+        self.writer.unpark();
     }
 }
 
 struct Writer {
     state: SharedState,
-    reopen: Arc<AtomicBool>,
+    pending: Arc<Mutex<Pending>>,
 }
 
 impl Writer {
-    fn run(&self, rx: &Receiver<Message>, output: &mut Output) {
+    fn run(&self, mut output: Output) {
+        let mut batch = Vec::new();
         let mut acks = Vec::new();
-        // Blocks only while idle; a batch is everything queued, up to the queue size.
-        while let Ok(first) = rx.recv() {
-            self.follow_config(output);
-            let mut batch = 0usize;
-            let mut next = Some(first);
-            while let Some(message) = next {
-                // Before every message, so that lines queued after a SIGUSR1 already go
-                // to the new file.
-                if self.reopen.swap(false, Ordering::AcqRel) {
-                    output.reopen();
-                }
-                match message {
-                    Message::Line(line) => output.write(&line),
-                    Message::Wake => {}
-                    Message::Flush(ack) => acks.push(ack),
-                }
-                batch += 1;
-                next = if batch < QUEUE_LINES {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
+        loop {
+            // Parked only while idle: a request's first line unparks it.
+            while !lock(&self.pending).has_work() {
+                std::thread::park();
             }
-            output.flush();
+            // Lines keep coming under load: wait for more of them, so that a write is
+            // a whole batch and requests have no reason to wake the writer meanwhile.
+            std::thread::sleep(LINGER);
+            let (reopen, closed) = {
+                let mut pending = lock(&self.pending);
+                std::mem::swap(&mut pending.bytes, &mut batch);
+                pending.lines = 0;
+                acks.append(&mut pending.acks);
+                (std::mem::take(&mut pending.reopen), pending.closed)
+            };
+            self.follow_config(&mut output);
+            if reopen {
+                output.reopen();
+            }
+            output.write(&batch);
+            batch.clear();
+            if batch.capacity() > KEEP_BATCH_CAPACITY {
+                batch.shrink_to(KEEP_BATCH_CAPACITY);
+            }
             for ack in acks.drain(..) {
                 let _ = ack.send(());
             }
-            std::thread::sleep(LINGER);
+            if closed {
+                return;
+            }
         }
     }
 
@@ -382,7 +448,6 @@ impl Writer {
         let snapshot = self.state.load();
         let target = &snapshot.config.access_log.target;
         if *target != output.target {
-            output.flush();
             *output = Output::open(target);
         }
     }
@@ -396,17 +461,17 @@ struct Output {
 
 enum Sink {
     Discard,
-    Stdout(BufWriter<io::Stdout>),
-    File(BufWriter<File>),
+    Stdout(io::Stdout),
+    File(File),
 }
 
 impl Output {
     fn open(target: &LogTarget) -> Output {
         let sink = match target {
             LogTarget::Off => Sink::Discard,
-            LogTarget::Stdout => Sink::Stdout(BufWriter::with_capacity(WRITE_BUFFER, io::stdout())),
+            LogTarget::Stdout => Sink::Stdout(io::stdout()),
             LogTarget::File(path) => match open_append(path) {
-                Ok(file) => Sink::File(BufWriter::with_capacity(WRITE_BUFFER, file)),
+                Ok(file) => Sink::File(file),
                 Err(e) => {
                     tracing::error!(path = %path.display(), "cannot open the access log: {e}");
                     Sink::Discard
@@ -423,30 +488,19 @@ impl Output {
         if let LogTarget::File(path) = &self.target {
             tracing::info!(path = %path.display(), "reopening the access log");
             let target = self.target.clone();
-            self.flush();
             *self = Output::open(&target);
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) {
+    /// A batch of whole lines in one `write` (stdout: its lock held for the batch).
+    fn write(&mut self, batch: &[u8]) {
         let result = match &mut self.sink {
             Sink::Discard => Ok(()),
-            Sink::Stdout(w) => w.write_all(bytes),
-            Sink::File(w) => w.write_all(bytes),
+            Sink::Stdout(w) => w.lock().write_all(batch).and_then(|()| w.flush()),
+            Sink::File(w) => w.write_all(batch),
         };
         if let Err(e) = result {
             tracing::warn!("access log write failed: {e}");
-        }
-    }
-
-    fn flush(&mut self) {
-        let result = match &mut self.sink {
-            Sink::Discard => Ok(()),
-            Sink::Stdout(w) => w.flush(),
-            Sink::File(w) => w.flush(),
-        };
-        if let Err(e) = result {
-            tracing::warn!("access log flush failed: {e}");
         }
     }
 }
@@ -484,7 +538,9 @@ mod tests {
     }
 
     fn text_line(format: LogFormat, entry: &Entry<'_>, now: SystemTime) -> String {
-        String::from_utf8(format_line(format, entry, now)).expect("UTF-8")
+        let mut line = Vec::new();
+        format_line(&mut line, format, entry, now);
+        String::from_utf8(line).expect("UTF-8")
     }
 
     fn at(secs: u64) -> SystemTime {
@@ -569,26 +625,46 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_is_bounded_in_lines_and_bytes() {
+        let mut pending = Pending::default();
+        assert_eq!(pending.append(b"a\n"), Appended::First);
+        assert_eq!(pending.append(b"b\n"), Appended::More);
+        for _ in 2..QUEUE_LINES {
+            assert_eq!(pending.append(b"c\n"), Appended::More);
+        }
+        assert_eq!(pending.append(b"d\n"), Appended::Dropped);
+        assert_eq!(pending.lines, QUEUE_LINES);
+        assert!(pending.bytes.starts_with(b"a\nb\nc\n"));
+
+        let mut pending = Pending::default();
+        let long = vec![b'x'; QUEUE_BYTES / 2];
+        assert_eq!(pending.append(&long), Appended::First);
+        assert_eq!(pending.append(&long), Appended::More);
+        assert_eq!(pending.append(b"\n"), Appended::Dropped);
+        assert_eq!(pending.bytes.len(), QUEUE_BYTES);
+    }
+
+    #[test]
     fn writer_appends_flushes_reopens_and_follows_reloads() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("access.log");
         let state = state_logging_to(path.to_str().expect("utf-8 path"));
         let log = AccessLog::start(state.clone()).expect("start");
         let flush = || assert!(log.flush(Instant::now() + Duration::from_secs(5)));
-        log.write("one\n".into());
+        log.queue(b"one\n");
         flush();
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "one\n");
         let rotated = dir.path().join("access.log.1");
         std::fs::rename(&path, &rotated).expect("rename");
         log.reopen();
-        log.write("two\n".into());
+        log.queue(b"two\n");
         flush();
         assert_eq!(std::fs::read_to_string(&rotated).expect("read"), "one\n");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "two\n");
         let other = dir.path().join("other.log");
         let reloaded = state_logging_to(other.to_str().expect("utf-8 path")).load_full();
         state.store(reloaded);
-        log.write("three\n".into());
+        log.queue(b"three\n");
         flush();
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "two\n");
         assert_eq!(std::fs::read_to_string(&other).expect("read"), "three\n");

@@ -232,9 +232,10 @@ pub fn inject_trace_context(
         match &cx.trace_state {
             Some(state) => upstream_request.insert_header("tracestate", state.clone())?,
             // the client's tracestate belongs to the client's span, not to ours
-            None => {
+            None if span.client_sent_tracestate() => {
                 upstream_request.remove_header(&TRACESTATE);
             }
+            None => {}
         }
     }
     Ok(())
@@ -428,7 +429,7 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
             otlp,
         );
         if let (Some(span), Some(otlp)) = (span, otlp) {
-            span.finish(otlp, finished.at, || ServerRequest {
+            span.finish(otlp, (finished.at, finished.elapsed), || ServerRequest {
                 naming: route.span_naming(finished.method),
                 path: req.uri.path(),
                 client,
@@ -519,7 +520,7 @@ fn write_log_line(
             .filter(|_| format == LogFormat::Json)
             .map(|s| s.context().trace_id_hex()),
     };
-    access_log.write(access_log::format_line(format, &entry, f.at));
+    access_log.log(format, &entry, f.at);
 }
 
 /// The client's IP address, when it came over TCP.
