@@ -5,6 +5,7 @@
 //! it can trust them.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderValue};
@@ -15,6 +16,7 @@ use pingora::proxy::Session;
 
 use crate::config::ProxyRoute;
 use crate::routing::encode_path;
+use crate::text::IpText;
 
 pub static X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
 pub static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
@@ -121,9 +123,21 @@ pub fn make_room(req: &mut RequestHeader, extra: usize) -> Result<()> {
 }
 
 /// The client address as a header value.
+/// The client address as a header value. As with [`IpText::new`], the last one made on the
+/// thread is kept, and handed out again as a clone of its shared bytes.
 fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::try_from(crate::text::ip_string(ip))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value = HeaderValue::from_bytes(IpText::new(ip).as_bytes())
+                .unwrap_or_else(|_| HeaderValue::from_static("-"));
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
 }
 
 /// nginx `$host`: the host of the request line, else of `Host`, without the port, lower
@@ -171,6 +185,14 @@ pub fn rewrite_uri(
 mod tests {
     use super::*;
     use crate::config::ProxyRoute;
+
+    #[test]
+    fn the_kept_address_value_follows_the_client() {
+        for ip in ["10.0.0.1", "10.0.0.1", "::1", "10.0.0.1", "192.168.7.200"] {
+            let parsed: IpAddr = ip.parse().expect("ip");
+            assert_eq!(ip_header_value(parsed), ip);
+        }
+    }
 
     fn route(upstream_path: Option<&str>) -> ProxyRoute {
         ProxyRoute {
