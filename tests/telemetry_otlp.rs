@@ -317,14 +317,20 @@ async fn an_unsampled_parent_is_followed_and_tracestate_travels() {
             .header("tracestate", "vendor=1,other=x")
             .send()
     };
-    let response = send(
+    // What the upstream got of a request that was answered 200.
+    let forwarded = |path: &'static str, traceparent: String| {
+        let sent = send(path, traceparent);
+        async {
+            let response = sent.await.expect("request");
+            assert_eq!(response.status(), 200);
+            app.last()
+        }
+    };
+    let upstream = forwarded(
         "/api/unsampled",
         format!("00-{unsampled_trace}-b7ad6b7169203331-00"),
     )
-    .await
-    .expect("request");
-    assert_eq!(response.status(), 200);
-    let upstream = app.last();
+    .await;
     let traceparent = upstream.header("traceparent").unwrap_or_default();
     assert!(
         traceparent.starts_with(&format!("00-{unsampled_trace}-")) && traceparent.ends_with("-00"),
@@ -336,13 +342,11 @@ async fn an_unsampled_parent_is_followed_and_tracestate_travels() {
     );
     assert_eq!(upstream.header("tracestate"), Some("vendor=1,other=x"));
 
-    let response = send(
+    forwarded(
         "/api/sampled",
         format!("00-{sampled_trace}-b7ad6b7169203331-01"),
     )
-    .await
-    .expect("request");
-    assert_eq!(response.status(), 200);
+    .await;
     let span = wait_for_span(&collector, "GET api").await.span;
     assert_eq!(hex(&span.trace_id), sampled_trace);
     assert_eq!(span.trace_state, "vendor=1,other=x");
@@ -359,11 +363,7 @@ async fn an_unsampled_parent_is_followed_and_tracestate_travels() {
 
     // Without a valid traceparent the client's tracestate has no span to belong to: the
     // upstream gets the proxy's new trace and no tracestate.
-    let response = send("/api/orphan-state", "not-a-traceparent".into())
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
-    let upstream = app.last();
+    let upstream = forwarded("/api/orphan-state", "not-a-traceparent".into()).await;
     let traceparent = upstream.header("traceparent").unwrap_or_default();
     assert!(
         traceparent.len() == 55 && !traceparent.contains(sampled_trace),
