@@ -7,9 +7,10 @@
 //! in `edge_access_log_dropped_total` rather than waiting.
 //!
 //! The writer takes everything queued at once and writes it with one `write`, then
-//! lingers a few milliseconds before looking again: under load the queue is never empty
-//! when a request appends, so no request wakes the writer, and a line costs the request
-//! path its formatting and one short lock, with no allocation.
+//! lingers ([`LINGER`]) before looking again: under load the queue is never empty when a
+//! request appends, so no request wakes the writer, and a line costs the request path its
+//! formatting and one short lock, with no allocation. Lines queued before a `SIGUSR1` but
+//! not yet written go to the reopened file: none is lost.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -42,8 +43,9 @@ const LINGER: Duration = Duration::from_millis(50);
 /// figure (a huge user agent) is let go.
 const SCRATCH_CAPACITY: usize = 512;
 const KEEP_SCRATCH_CAPACITY: usize = 16 * 1024;
-/// The writer's batch buffer is cut back to this after a burst.
-const KEEP_BATCH_CAPACITY: usize = 256 * 1024;
+/// The writer's batch buffer is cut back to this after a burst (a [`LINGER`] of lines at
+/// several thousand requests a second fits).
+const KEEP_BATCH_CAPACITY: usize = 1024 * 1024;
 
 /// Everything one line says, borrowed from the finished request.
 pub struct Entry<'a> {
