@@ -122,7 +122,6 @@ pub fn make_room(req: &mut RequestHeader, extra: usize) -> Result<()> {
     Ok(())
 }
 
-/// The client address as a header value.
 /// The client address as a header value. As with [`IpText::new`], the last one made on the
 /// thread is kept, and handed out again as a clone of its shared bytes.
 fn ip_header_value(ip: IpAddr) -> HeaderValue {

@@ -40,6 +40,7 @@ use http::{header, HeaderName, Version};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+use pingora::protocols::http::v1::common::is_expect_continue_req;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::{ProxyHttp, Session};
@@ -212,7 +213,7 @@ async fn open(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) ->
         .upstream_request_filter(session, &mut request, ctx)
         .await?;
     exchange::send_header(&mut upstream, &request, write_timeout).await?;
-    if has_body && expects_continue(session.req_header()) {
+    if has_body && is_expect_continue_req(session.req_header()) {
         // As nginx does, the proxy itself asks for the body it is about to stream (the
         // upstream is not asked: `upstream_request` leaves `Expect` out).
         session
@@ -479,14 +480,6 @@ fn upstream_request(client: &RequestHeader, has_body: bool) -> RequestHeader {
         let _ = request.insert_header(header::TRANSFER_ENCODING, "chunked");
     }
     request
-}
-
-/// Whether the client waits for `100 Continue` before it sends its body (RFC 9110 §10.1.1).
-fn expects_continue(request: &RequestHeader) -> bool {
-    request
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The headers of one connection, never forwarded: the same list Pingora strips on its
