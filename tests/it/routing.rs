@@ -2,9 +2,8 @@
 //! compose stack reaches the right service with the right path and headers, nginx
 //! precedence holds, and normalisation tricks never reach an internal path.
 
-mod common;
-
-use common::{raw_request, Backend, Proxy};
+use crate::common;
+use crate::common::{raw_request, Backend, Proxy};
 
 struct Stack {
     frontend: Backend,

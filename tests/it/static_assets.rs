@@ -2,11 +2,9 @@
 //! `conf/astron-edge.toml`: every asset extension in any case, `/runtime-config.js`, the
 //! upstream's own values replaced, and nothing on error answers.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::{client, full, Backend, Proxy, Recorded};
+use crate::common::{client, full, Backend, Proxy, Recorded};
 use hyper::Response;
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";

@@ -2,13 +2,12 @@
 //! encoding, method, route), the headers that go with it, and a large streamed body
 //! compressed chunk by chunk with bounded proxy memory.
 
-mod common;
-
+use crate::common;
 use std::io::Read;
 use std::time::Duration;
 
+use crate::common::{channel_body, client, full, Backend, Fetched, Proxy, Recorded};
 use bytes::Bytes;
-use common::{channel_body, client, full, Backend, Fetched, Proxy, Recorded};
 use hyper::Response;
 
 const TYPES: [&str; 8] = [

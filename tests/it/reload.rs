@@ -2,16 +2,15 @@
 //! (write in place, rename over it, Kubernetes' `..data` symlink swap), `SIGHUP`, a broken
 //! file, a stream that outlives its route, and reloads every 100 ms under load.
 
-mod common;
-
+use crate::common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{channel_body, client, wait_until, Backend, Proxy};
 use bytes::Bytes;
-use common::{channel_body, client, wait_until, Backend, Proxy};
 use futures_util::StreamExt;
 
 /// How soon a changed file must be serving (the bound).

@@ -3,13 +3,12 @@
 //! upstream closes turned into chunks for an HTTP/1.1 client, chunks taken apart across
 //! reads and sent to an HTTP/1.0 client until close, and a `HEAD` answer without a body.
 
-mod common;
-
+use crate::common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Proxy;
+use crate::common::Proxy;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,13 +1,12 @@
 //! The access log of the real proxy: nginx's `main` format field by field, JSON lines with
 //! the SPEC fields, health probes left out, the file reopened on SIGUSR1, stdout.
 
-mod common;
-
+use crate::common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{wait_until, Backend, Proxy};
+use crate::common::{wait_until, Backend, Proxy};
 
 fn config(path: &str, format: &str, app: SocketAddr) -> String {
     format!(

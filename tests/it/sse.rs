@@ -1,13 +1,12 @@
 //! Server-Sent Events: every chunk forwarded at once, no gzip, the SSE headers, the route
 //! timeout between chunks, client disconnect reaching the upstream, streamed uploads.
 
-mod common;
-
+use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::{channel_body, full, Backend, Proxy, Recorded};
 use bytes::Bytes;
-use common::{channel_body, full, Backend, Proxy, Recorded};
 use hyper::Response;
 
 fn now_ms() -> u128 {

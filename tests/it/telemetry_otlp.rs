@@ -2,14 +2,13 @@
 //! the `opentelemetry-proto` tonic server types runs inside the test, the real proxy
 //! exports to it. Also http/protobuf, and collectors that are down or never answer.
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{text_response, wait_until, Backend, Proxy};
+use crate::common::{text_response, wait_until, Backend, Proxy};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };

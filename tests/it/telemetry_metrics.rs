@@ -2,16 +2,15 @@
 //! exactly the requests made, random paths create no series, the SSE gauge follows the
 //! streams, and a real Prometheus server can scrape and query them.
 
-mod common;
-
+use crate::common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::{channel_body, Backend, Proxy, Recorded};
 use bytes::Bytes;
-use common::{channel_body, Backend, Proxy, Recorded};
 
 /// One series: metric name and its labels.
 type Series = (String, BTreeMap<String, String>);
@@ -458,14 +457,8 @@ impl Drop for KillOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_proxy() {
-    let prometheus = ["/usr/bin/prometheus", "/bin/prometheus"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
-    let Some(prometheus) = prometheus else {
-        eprintln!(
-            "SKIPPED a_real_prometheus_scrapes_the_proxy: no prometheus binary \
-             (Debian: apt-get install prometheus; .ci/run installs it)"
-        );
+    let Some(prometheus) = common::tool("prometheus", &["/usr/bin/prometheus", "/bin/prometheus"])
+    else {
         return;
     };
     let app = Backend::echo().await;

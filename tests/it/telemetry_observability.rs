@@ -1,6 +1,7 @@
 //! `docker/observability/`: the alert rules pass `promtool`, and every metric a dashboard
 //! or rule query names is one the proxy exports.
 
+use crate::common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,18 +14,9 @@ fn observability(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// `promtool` from Debian's `prometheus` package; `None` (the test says it skipped) when
-/// the package is not installed.
+/// `promtool` from Debian's `prometheus` package (see [`common::tool`]).
 fn promtool() -> Option<&'static str> {
-    let found = ["/usr/bin/promtool", "/bin/promtool"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED: promtool not found (Debian: apt-get install prometheus; .ci/run installs it)"
-        );
-    }
-    found
+    common::tool("promtool", &["/usr/bin/promtool", "/bin/promtool"])
 }
 
 fn run_promtool(args: &[&str]) {

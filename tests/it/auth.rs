@@ -1,11 +1,10 @@
 //! Forward auth (nginx `auth_request`) on the workflow routes: allow with copied identity
 //! headers, 401/403 relayed, anything else 500, forged identity never reaching upstream.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
-use common::{free_port, full, Backend, Proxy, Recorded};
+use crate::common::{free_port, full, Backend, Proxy, Recorded};
 use hyper::Response;
 
 const AUTH_PATH: &str = "/internal/gateway/auth/workflow";

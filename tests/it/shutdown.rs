@@ -2,16 +2,15 @@
 //! runs, or at the end of the grace period; SIGINT stops at once; SIGQUIT hands the
 //! listening sockets to a process started with `run --upgrade` without a failed request.
 
-mod common;
-
+use crate::common;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{channel_body, client, text_response, wait_until, Backend, Proxy};
 use bytes::Bytes;
-use common::{channel_body, client, text_response, wait_until, Backend, Proxy};
 use futures_util::StreamExt;
 
 fn routes(backend: &Backend) -> String {

@@ -1,8 +1,7 @@
 //! `astron-edge check`: exit codes, the summary, and every validation rule of SPEC §2
 //! reported as `FILE:LINE:COL: message` at the offending value.
 
-mod common;
-
+use crate::common;
 use std::process::Command;
 
 struct Checked {

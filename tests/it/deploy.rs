@@ -2,12 +2,11 @@
 //! `astron-edge health` exit codes, the compose service (parsed as YAML and its healthcheck
 //! run for real), the Dockerfile against `.ci/run`, and the Kubernetes example.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Backend, Proxy};
+use crate::common::{Backend, Proxy};
 use serde::Deserialize;
 use serde_yaml::Value;
 

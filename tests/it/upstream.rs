@@ -1,11 +1,10 @@
 //! Upstream failures and bad input: 502 / 504 with one error line, retry to the next
 //! server, upstreams that appear after the proxy, 413 both ways, malformed requests.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
-use common::{free_port, raw_request, text_response, Backend, Proxy};
+use crate::common::{free_port, raw_request, text_response, Backend, Proxy};
 
 fn proxied(servers: &str, route_extra: &str) -> String {
     format!(

@@ -2,11 +2,10 @@
 //! the upstream, what is never stored, eviction at the size cap, conditional requests and
 //! the gzip variant.
 
-mod common;
-
+use crate::common;
 use std::io::Read;
 
-use common::{full, Backend, Fetched, Proxy, Recorded};
+use crate::common::{full, Backend, Fetched, Proxy, Recorded};
 use hyper::Response;
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";

@@ -2,14 +2,13 @@
 //! test (rcgen), `X-Forwarded-Proto: https` upstream, a certificate replaced on disk served
 //! after the reload, and key files that are missing or do not fit refused.
 
-mod common;
-
+use crate::common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{client, wait_until, Backend, Proxy};
+use crate::common::{client, wait_until, Backend, Proxy};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 /// The name the certificates are made for; the client resolves it to the proxy.

@@ -2,7 +2,6 @@
 //!
 //! Every port is picked free by the OS (bind to port 0), every wait is bounded, and every
 //! process and server is torn down on drop, so tests run in parallel and end by themselves.
-#![allow(dead_code)] // each test binary uses its own subset of the harness
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -335,10 +334,6 @@ impl Proxy {
         self.child.id()
     }
 
-    pub fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-
     /// Waits (bounded) for the process to exit; `None` if it is still running.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
@@ -459,10 +454,6 @@ pub async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bo
     check()
 }
 
-pub fn status(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).expect("status")
-}
-
 /// A raw TCP upstream on 127.0.0.1, for answers no HTTP server library would give:
 /// `serve` runs on each connection it accepts.
 pub async fn raw_upstream<F, Fut>(serve: F) -> std::net::SocketAddr
@@ -489,4 +480,22 @@ pub fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
          [[routes]]\nname = \"{name}\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\n\
          timeout = \"30s\"\n"
     )
+}
+
+/// An external tool the test needs (`promtool`, `prometheus`, `nginx`): its path, or `None`
+/// with a line saying the test skipped. Under CI (`CI` set, as `.ci/run` does, which installs
+/// every tool) a missing tool fails the test instead: no silent skip where it counts.
+pub fn tool(name: &str, candidates: &[&'static str]) -> Option<&'static str> {
+    let found = candidates
+        .iter()
+        .copied()
+        .find(|p| std::path::Path::new(p).exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} not found at {candidates:?} (Debian: .ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {name} not found at {candidates:?} (.ci/run installs it)");
+    }
+    found
 }
