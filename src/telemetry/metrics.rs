@@ -21,7 +21,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Method;
-use once_cell::sync::Lazy;
 use opentelemetry::metrics::{BoundHistogram, Histogram as OtelHistogram};
 use opentelemetry::KeyValue;
 use pingora::apps::http_app::ServeHttp;
@@ -31,6 +30,7 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::LazyLock;
 
 use super::otlp_wire::{encode_naming, SpanKind};
 
@@ -172,7 +172,7 @@ fn duration_opts(name: &str, help: &str) -> HistogramOpts {
     HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec())
 }
 
-static FAMILIES: Lazy<Families> = Lazy::new(|| {
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     let r = Registry::new();
     let route_method_status = &["route", "method", "status"];
     Families {
@@ -299,7 +299,7 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
 /// Creates every family, so a scrape shows them all from the start and the first request
 /// does not pay for the registration.
 pub fn init() {
-    Lazy::force(&FAMILIES);
+    LazyLock::force(&FAMILIES);
 }
 
 /// Whether the request path counts into the per-request families: only when a
