@@ -22,6 +22,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+mod config;
+pub use config::{Route, TestConfig};
+
 pub type Body = BoxBody<Bytes, Infallible>;
 type BoxFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 type Handler = Arc<dyn Fn(Recorded) -> BoxFuture + Send + Sync>;
@@ -220,6 +223,21 @@ impl Proxy {
         Proxy::start_with_env(body, &[])
     }
 
+    /// Starts `config` with a listener on a free port, 2 threads and a 2 s grace period.
+    pub fn with(config: &TestConfig) -> Proxy {
+        Proxy::start_on_free_port(
+            |port| {
+                let config = config
+                    .clone()
+                    .set("server.listen", vec![format!("127.0.0.1:{port}")])
+                    .set("server.threads", 2)
+                    .set("server.grace_period", "2s");
+                (config.render(), Vec::new())
+            },
+            &[],
+        )
+    }
+
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Proxy {
         Proxy::start_on_free_port(
             |port| {
@@ -296,7 +314,7 @@ impl Proxy {
     /// so a test can make a name resolve mid-test by appending to it, without touching the
     /// machine's file. `None` (the test skips) where namespaces are not allowed; under CI
     /// that fails the test instead.
-    pub fn start_with_hosts(body: &str, hosts: &Path) -> Option<Proxy> {
+    pub fn start_with_hosts(config: &TestConfig, hosts: &Path) -> Option<Proxy> {
         let allowed = Command::new("unshare")
             .args(["-m", "true"])
             .stderr(Stdio::null())
@@ -311,7 +329,10 @@ impl Proxy {
             return None;
         }
         let port = free_port();
-        let config = format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\n{body}");
+        let config = config
+            .clone()
+            .set("server.listen", vec![format!("127.0.0.1:{port}")])
+            .render();
         Some(
             Proxy::try_start_raw(&config, port, &[], Some(hosts))
                 .unwrap_or_else(|stderr| panic!("astron-edge did not start: {stderr}")),
@@ -555,11 +576,15 @@ where
 
 /// One SSE route `name` to the upstream at `addr`, with a 30 s timeout.
 pub fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
-    format!(
-        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
-         [[routes]]\nname = \"{name}\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\n\
-         timeout = \"30s\"\n"
-    )
+    TestConfig::new()
+        .upstream("workflow", [addr])
+        .route(
+            Route::prefix(name, "/")
+                .to("workflow")
+                .set("sse", true)
+                .set("timeout", "30s"),
+        )
+        .render()
 }
 
 /// An external tool the test needs (`promtool`, `prometheus`, `nginx`): its path, or `None`
