@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cache;
+mod client;
 pub mod compress;
 pub mod config;
 pub mod healthcheck;

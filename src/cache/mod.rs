@@ -21,9 +21,10 @@ use pingora::proxy::Session;
 
 pub use store::{Entry, Store};
 
+use crate::client::host_without_port;
 use crate::compress;
 use crate::config::{CacheConfig, CachePolicy, GzipConfig, ProxyRoute};
-use crate::proxy::{add_configured_headers, host_without_port, RequestCtx};
+use crate::proxy::{add_configured_headers, RequestCtx};
 use store::{IMMUTABLE, X_CACHE};
 
 static MISS: HeaderValue = HeaderValue::from_static("MISS");

@@ -23,12 +23,12 @@ use pingora::server::ShutdownWatch;
 use pingora::{ErrorSource, ErrorType};
 
 pub use context::{RequestCtx, RequestKind};
-pub(crate) use forward::host_without_port;
-pub use forward::ClientIdentity;
+
 pub(crate) use respond::add_configured_headers;
 
 use crate::auth::{AuthClient, AuthOutcome};
 use crate::cache::{AssetCache, Entry, Lookup};
+use crate::client::{host_without_port, ClientIdentity};
 use crate::config::RouteAction;
 use crate::routing::normalize_path;
 use crate::state::SharedState;

@@ -31,6 +31,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::client::{client_ip, X_FORWARDED_FOR};
 use crate::config::{LogFormat, LogTarget, OtlpProtocol};
 use crate::proxy::{RequestCtx, RequestKind};
 use crate::state::SharedState;
@@ -41,9 +42,6 @@ use otlp::Otlp;
 use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
 pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
-
-static X_FORWARDED_FOR: http::header::HeaderName =
-    http::header::HeaderName::from_static("x-forwarded-for");
 
 /// How long the exit may wait for the last access-log lines and OTLP exports.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -521,14 +519,6 @@ fn write_log_line(
             .map(|s| s.context().trace_id_hex()),
     };
     access_log.log(format, &entry, f.at);
-}
-
-/// The client's IP address, when it came over TCP.
-pub fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
 }
 
 /// `server.address`: the host the client asked for (`header`: its `Host`), without the port.

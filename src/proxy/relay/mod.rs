@@ -120,7 +120,7 @@ fn relay(
         let client_ip = ctx
             .telemetry
             .client()
-            .or_else(|| telemetry::client_ip(&session));
+            .or_else(|| crate::client::client_ip(&session));
         let status = opened.status;
         let (end, sent, next) = match Box::pin(take_apart(session, opened.outgoing)).await {
             Ok((client, settings)) => {
