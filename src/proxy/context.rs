@@ -81,10 +81,7 @@ impl RequestCtx {
 
     /// The route's proxy settings, when it is a proxied route.
     pub fn proxy_route(&self) -> Option<&ProxyRoute> {
-        match &self.route()?.action {
-            crate::config::RouteAction::Proxy(proxy) => Some(proxy),
-            crate::config::RouteAction::Return { .. } => None,
-        }
+        self.route()?.proxy()
     }
 
     /// Route name for logs and metric labels: bounded whatever the client sends.

@@ -339,20 +339,28 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(route) = ctx.proxy_route() {
+        // Fields, not `ctx.proxy_route()`: the route is borrowed beside the body stages.
+        let route = ctx
+            .route
+            .and_then(|i| ctx.snapshot.config.routes[i].proxy());
+        if let Some(route) = route {
             for name in &route.hide_response_headers {
                 response.remove_header(name);
             }
             if route.sse {
                 response.insert_header(header::CACHE_CONTROL, "no-cache")?;
                 response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
+            } else {
+                // The body stages (asset cache, gzip): never on an `sse` route's stream.
+                // The asset cache captures the upstream's own header, so it goes first.
+                let req = session.req_header();
+                crate::cache::response_filter(req, response, &mut ctx.asset, route.cache)?;
+                ctx.gzip =
+                    crate::compress::response_filter(&ctx.snapshot.config.gzip, req, response)?;
+                if ctx.gzip.is_some() {
+                    crate::compress::hold_segments(session);
+                }
             }
-        }
-        // The asset cache captures the upstream's own header, so it goes before the rest.
-        crate::cache::response_filter(session.req_header(), response, ctx)?;
-        crate::compress::response_filter(session.req_header(), response, ctx)?;
-        if ctx.gzip.is_some() {
-            crate::compress::hold_segments(session);
         }
         add_configured_headers(response, ctx)
     }
@@ -365,8 +373,16 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         // The cache keeps the identity body: capture before compressing.
-        crate::cache::body_filter(body, end_of_stream, ctx);
-        crate::compress::body_filter(body, end_of_stream, ctx)?;
+        crate::cache::body_filter(
+            body,
+            end_of_stream,
+            &mut ctx.asset,
+            &ctx.snapshot.config.gzip,
+        );
+        if let Some(gzip) = ctx.gzip.as_mut() {
+            gzip.filter(body, end_of_stream)
+                .or_err(ErrorType::InternalError, "gzip")?;
+        }
         Ok(None)
     }
 
@@ -600,7 +616,23 @@ async fn answer_locally(session: &mut Session, ctx: &mut RequestCtx, answer: Ans
                 local_response(session, ctx, *status, body.as_deref()).await?;
             }
         }
-        Answer::CacheHit(entry) => crate::cache::serve_hit(session, ctx, &entry).await?,
+        Answer::CacheHit(entry) => {
+            let hide = ctx
+                .proxy_route()
+                .map_or(&[][..], |r| &r.hide_response_headers);
+            let (mut resp, body) = crate::cache::hit_answer(
+                session.req_header(),
+                &entry,
+                &ctx.snapshot.config.gzip,
+                hide,
+            )?;
+            add_configured_headers(&mut resp, ctx)?;
+            ctx.local_status = Some(resp.status.as_u16());
+            session.write_response_header(resp, body.is_none()).await?;
+            if let Some(body) = body {
+                session.write_response_body(Some(body), true).await?;
+            }
+        }
     }
     Ok(())
 }
