@@ -175,7 +175,8 @@ impl ProxyHttp for EdgeProxy {
             Decision::Proxy => RequestKind::Proxied,
             Decision::Answer(_) => RequestKind::Local,
         };
-        crate::telemetry::request_started(session, ctx);
+        let (view, telemetry) = ctx.telemetry_parts();
+        crate::telemetry::request_started(session, &view, telemetry);
         let needs_auth = ctx.proxy_route().is_some_and(|r| r.auth.is_some());
         match decision {
             Decision::Proxy if !needs_auth => Ok(self.proxy_on(session, ctx)),
@@ -222,7 +223,7 @@ impl ProxyHttp for EdgeProxy {
             Error::explain(ErrorType::InternalError, "proxied request without upstream")
         })?;
         if ctx.attempts == 0 {
-            crate::telemetry::upstream_started(ctx);
+            crate::telemetry::upstream_started(&mut ctx.telemetry);
             ctx.upstream_addrs = upstream.addresses().await.map_err(|e| {
                 let mut err = Error::because(ErrorType::ConnectNoRoute, "resolving upstream", e);
                 err.esource = ErrorSource::Upstream;
@@ -294,7 +295,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(uri) = ctx.upstream_uri.take() {
             upstream_request.set_uri(uri);
         }
-        crate::telemetry::inject_trace_context(ctx, upstream_request)?;
+        crate::telemetry::inject_trace_context(&ctx.telemetry, upstream_request)?;
         let Some(route) = ctx.proxy_route() else {
             return Ok(());
         };
@@ -329,7 +330,8 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::telemetry::upstream_responded(ctx, upstream_response.status.as_u16());
+        let (view, telemetry) = ctx.telemetry_parts();
+        crate::telemetry::upstream_responded(&view, telemetry, upstream_response.status.as_u16());
         Ok(())
     }
 
@@ -404,7 +406,8 @@ impl ProxyHttp for EdgeProxy {
             }),
         };
         let exchange = crate::telemetry::Exchange::Session(session);
-        crate::telemetry::request_finished(&exchange, ctx, status);
+        let (view, telemetry) = ctx.telemetry_parts();
+        crate::telemetry::request_finished(&exchange, &view, telemetry, status);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {

@@ -148,7 +148,8 @@ fn relay(
             client: client_ip,
             body_bytes: sent,
         };
-        telemetry::request_finished(&exchange, &mut ctx, status);
+        let (view, telemetry) = ctx.telemetry_parts();
+        telemetry::request_finished(&exchange, &view, telemetry, status);
         drop(ctx);
         if let Some(next) = next {
             Box::pin(serve_next(&proxy, next)).await;
