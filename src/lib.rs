@@ -9,6 +9,8 @@ mod client;
 pub mod compress;
 pub mod config;
 pub mod healthcheck;
+pub mod metrics;
+mod otlp_wire;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

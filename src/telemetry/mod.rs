@@ -17,9 +17,7 @@
 //! Before [`init`] (unit tests) everything is off.
 
 pub mod access_log;
-pub mod metrics;
 mod otlp;
-mod otlp_wire;
 mod settings;
 mod span_queue;
 mod trace_export;
@@ -39,11 +37,11 @@ use crate::state::{SharedState, Snapshot};
 use crate::text::IpText;
 use crate::upstream::Upstream;
 use access_log::{AccessLog, Entry};
-use metrics::{InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
+use crate::metrics::{self, InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use otlp::Otlp;
 use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
-pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
+pub use crate::metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
 
 /// How long the exit may wait for the last access-log lines and OTLP exports.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);

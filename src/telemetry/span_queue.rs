@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 
 use super::metrics;
-use super::otlp_wire::{frame_span, Envelope};
+use crate::otlp_wire::{frame_span, Envelope};
 use super::trace_export::TraceExporter;
 
 /// At most one "export failed" line per this interval, so a dead collector does not

@@ -32,7 +32,7 @@ use prometheus::{
 };
 use std::sync::LazyLock;
 
-use super::otlp_wire::{encode_naming, SpanKind};
+use crate::otlp_wire::{encode_naming, SpanKind};
 
 /// Histogram buckets in seconds: from 1 ms API calls to 30 min SSE streams.
 pub const DURATION_BUCKETS: &[f64] = &[
