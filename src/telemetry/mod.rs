@@ -33,15 +33,17 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::client::{client_ip, X_FORWARDED_FOR};
 use crate::config::{LogFormat, LogTarget, OtlpProtocol};
+use crate::metrics::{self, InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use crate::state::{SharedState, Snapshot};
 use crate::text::IpText;
 use crate::upstream::Upstream;
 use access_log::{AccessLog, Entry};
-use crate::metrics::{self, InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use otlp::Otlp;
 use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
-pub use crate::metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
+pub use crate::metrics::{
+    record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard,
+};
 
 /// How long the exit may wait for the last access-log lines and OTLP exports.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);

@@ -22,8 +22,8 @@ use opentelemetry::trace::TraceState;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::metrics::AuthResult;
 use super::otlp::Otlp;
+use crate::metrics::AuthResult;
 use crate::otlp_wire::{Attributes, Naming, SpanHead, SpanKind};
 use crate::text::{self, IpText};
 
