@@ -176,6 +176,7 @@ impl ProxyHttp for EdgeProxy {
             Decision::Answer(_) => RequestKind::Local,
         };
         crate::telemetry::request_started(session, ctx);
+        crate::telemetry::request_id::assign(session.req_header(), ctx);
         let needs_auth = ctx.proxy_route().is_some_and(|r| r.auth.is_some());
         match decision {
             Decision::Proxy if !needs_auth => Ok(self.proxy_on(session, ctx)),
@@ -280,8 +281,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Room for what is set below: the identity headers, `Host`, the trace context,
-        // `X-Accel-Buffering`, and the route's and forward auth's headers.
-        let own = 7 + ctx.proxy_route().map_or(0, |r| r.set_request_headers.len());
+        // `X-Request-ID`, `X-Accel-Buffering`, and the route's and forward auth's headers.
+        let own = 8 + ctx.proxy_route().map_or(0, |r| r.set_request_headers.len());
         make_room(upstream_request, own + ctx.auth_headers.len())?;
         let client = session.req_header();
         ClientIdentity::of(session).apply(client, upstream_request)?;
@@ -295,6 +296,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.set_uri(uri);
         }
         crate::telemetry::inject_trace_context(ctx, upstream_request)?;
+        crate::telemetry::request_id::set_on_request(ctx, upstream_request)?;
         let Some(route) = ctx.proxy_route() else {
             return Ok(());
         };
@@ -387,6 +389,9 @@ impl ProxyHttp for EdgeProxy {
                 status => status,
             }),
         };
+        if e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) {
+            crate::telemetry::upstream_failed(ctx);
+        }
         let exchange = crate::telemetry::Exchange::Session(session);
         crate::telemetry::request_finished(&exchange, ctx, status);
     }
@@ -402,6 +407,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let status = log_failure(ctx, e);
+        // a failure before request_filter (none is known today) still gets an id
+        crate::telemetry::request_id::assign(session.req_header(), ctx);
         let already_answered = session.response_written().is_some();
         let idle_stream = already_answered
             && ctx.proxy_route().is_some_and(|r| r.sse)
@@ -465,6 +472,8 @@ impl EdgeProxy {
             &auth.name,
             &auth.path,
         );
+        let mut extra = span.headers();
+        extra.extend(crate::telemetry::request_id::header(ctx));
         let outcome = self
             .shared
             .auth
@@ -473,7 +482,7 @@ impl EdgeProxy {
                 upstream,
                 session.req_header(),
                 &identity,
-                &span.headers(),
+                &extra,
             )
             .await;
         let (result, answer) = match &outcome {

@@ -67,6 +67,8 @@ pub struct Entry<'a> {
     pub route: &'a str,
     /// 32 lowercase hex digits when the request has a trace.
     pub trace_id: Option<String>,
+    /// `X-Request-ID` (JSON only).
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// Formats one line, newline included.
@@ -176,6 +178,8 @@ fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     push_json_opt(out, e.x_forwarded_for);
     out.extend_from_slice(b",\"trace_id\":");
     push_json_opt(out, e.trace_id.as_deref().map(str::as_bytes));
+    out.extend_from_slice(b",\"request_id\":");
+    push_json_opt(out, e.request_id);
     out.push(b'}');
 }
 
@@ -539,6 +543,7 @@ mod tests {
             upstream_addr: Some("127.0.0.1:8080".parse().expect("addr")),
             route: "console-api",
             trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            request_id: Some(b"req-42"),
         }
     }
 
@@ -610,6 +615,7 @@ mod tests {
         assert_eq!(v["user_agent"], "curl/8.0");
         assert!(v["x_forwarded_for"].is_null());
         assert_eq!(v["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(v["request_id"], "req-42");
         let time = v["time"].as_str().expect("time");
         chrono::DateTime::parse_from_rfc3339(time).expect("RFC 3339 time");
     }

@@ -15,9 +15,13 @@
 //! Before [`init`] (unit tests) everything is off.
 
 pub mod access_log;
+mod keep;
+mod metrics_server;
 pub mod metrics;
 mod otlp;
 mod otlp_wire;
+mod reconfigure;
+pub mod request_id;
 mod settings;
 mod span_queue;
 mod trace_export;
@@ -25,13 +29,15 @@ pub mod traces;
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant, SystemTime};
 
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{LogFormat, LogTarget, OtlpProtocol};
+use crate::config::{LogFormat, LogTarget};
 use crate::proxy::{RequestCtx, RequestKind};
 use crate::state::SharedState;
 use crate::text::IpText;
@@ -50,9 +56,14 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Telemetry {
     access_log: AccessLog,
-    otlp: Option<Otlp>,
-    /// Runs the SIGUSR1 watch and the OTLP exporters' network I/O; lives as long as the
-    /// process (a static is never dropped).
+    /// The OTLP pipelines of the running config; a reload that changes their settings
+    /// swaps them ([`reconfigure`]): requests load them when they start and end.
+    otlp: ArcSwapOption<Otlp>,
+    /// The settings `otlp` was built from, and the metrics listener: what a reload
+    /// compares with.
+    running: std::sync::Mutex<reconfigure::Running>,
+    /// Runs the SIGUSR1 watch, the metrics listener and the OTLP exporters' network I/O;
+    /// lives as long as the process (a static is never dropped).
     runtime: tokio::runtime::Runtime,
 }
 
@@ -62,19 +73,18 @@ fn global() -> Option<&'static Telemetry> {
     TELEMETRY.get()
 }
 
-fn otlp_pipeline() -> Option<&'static Otlp> {
-    global()?.otlp.as_ref()
+/// The running OTLP pipelines; with OTLP off, one load and no reference count.
+fn otlp_pipeline() -> Option<Arc<Otlp>> {
+    global()?.otlp.load().as_ref().map(Arc::clone)
 }
 
 /// Starts the access-log writer, the OTLP pipelines (when enabled by the config or the
-/// environment) and the SIGUSR1 handler. Called once, before the server runs.
+/// environment), the metrics listener and the SIGUSR1 handler. Called once, before the
+/// server runs.
 pub fn init(state: &SharedState) -> anyhow::Result<()> {
     metrics::init();
     metrics::record_config_loaded();
     let snapshot = state.load_full();
-    if snapshot.config.metrics_listen.is_some() {
-        metrics::count_requests();
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("telemetry")
@@ -85,40 +95,17 @@ pub fn init(state: &SharedState) -> anyhow::Result<()> {
         let _enter = runtime.enter();
         signal(SignalKind::user_defined1())?
     };
-    let otlp = match settings::resolve(&snapshot.config.telemetry, &|name| std::env::var(name).ok())
-    {
-        None => None,
-        Some(settings) => {
-            let _enter = runtime.enter();
-            match Otlp::start(&settings, runtime.handle()) {
-                Ok(otlp) => {
-                    tracing::info!(
-                        endpoint = %settings.endpoint,
-                        protocol = match settings.protocol {
-                            OtlpProtocol::Grpc => "grpc",
-                            OtlpProtocol::HttpProtobuf => "http/protobuf",
-                        },
-                        service_name = %settings.service_name,
-                        "OTLP export on"
-                    );
-                    Some(otlp)
-                }
-                Err(e) => {
-                    tracing::error!("OTLP export off: cannot set up the exporters: {e:#}");
-                    None
-                }
-            }
-        }
-    };
     let telemetry = Telemetry {
         access_log: AccessLog::start(state.clone())?,
-        otlp,
+        otlp: ArcSwapOption::empty(),
+        running: std::sync::Mutex::new(reconfigure::Running::default()),
         runtime,
     };
     if TELEMETRY.set(telemetry).is_err() {
         anyhow::bail!("telemetry initialised twice");
     }
     if let Some(t) = global() {
+        reconfigure::start(t, &snapshot.config)?;
         t.runtime.spawn(async move {
             while usr1.recv().await.is_some() {
                 if let Some(t) = global() {
@@ -128,6 +115,16 @@ pub fn init(state: &SharedState) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// A reload swapped in `snapshot`: the metrics listener moves, the OTLP pipelines are
+/// rebuilt when their settings changed (SPEC §3: everything but the listeners reloads).
+/// The access log and the per-request rules (sampling ratio, error/slow keeping) follow
+/// each request's snapshot by themselves.
+pub fn reconfigure(snapshot: &crate::state::Snapshot) {
+    if let Some(t) = global() {
+        reconfigure::apply(t, &snapshot.config);
+    }
 }
 
 /// Writes the queued access-log lines and exports the pending spans and metrics, within
@@ -140,7 +137,7 @@ pub fn shutdown() {
     if !t.access_log.flush(deadline) {
         tracing::warn!("access log not fully written at exit");
     }
-    if let Some(otlp) = &t.otlp {
+    if let Some(otlp) = t.otlp.swap(None) {
         otlp.shutdown(deadline);
     }
 }
@@ -163,6 +160,12 @@ pub struct RequestTelemetry {
     /// Boxed: the context is moved with Pingora's request futures, and an inline span
     /// would make every request copy it, traced or not.
     span: Option<Box<ServerSpan>>,
+    /// `X-Request-ID`, decided in `request_filter` ([`request_id`]).
+    request_id: Option<http::HeaderValue>,
+    /// The upstream failed (refused, timed out, broke off): the span is an error's.
+    upstream_failed: bool,
+    /// A stream's answer header reached the proxy: its latency for the slow rule.
+    stream_answered: Option<Instant>,
 }
 
 impl RequestTelemetry {
@@ -181,14 +184,15 @@ impl RequestTelemetry {
 /// for proxied requests the SERVER span (a child of the client's `traceparent`).
 pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
     let prometheus = metrics::requests_counted();
-    let otlp = otlp_pipeline();
-    if !prometheus && otlp.is_none() {
+    let otlp = global().is_some_and(|t| t.otlp.load().is_some());
+    if !prometheus && !otlp {
         return;
     }
     let route = route_metrics(ctx);
     ctx.telemetry.client = client_ip(session);
-    if let (Some(otlp), RequestKind::Proxied) = (otlp, ctx.kind) {
-        let span = ServerSpan::start(otlp, &session.req_header().headers);
+    if otlp && ctx.kind == RequestKind::Proxied {
+        let ratio = ctx.snapshot.config.telemetry.sampling_ratio;
+        let span = ServerSpan::start(ratio, &session.req_header().headers);
         ctx.telemetry.span = Some(Box::new(span));
     }
     if prometheus {
@@ -245,12 +249,21 @@ pub fn inject_trace_context(
 /// route opens a stream in `edge_sse_streams_active`.
 pub fn upstream_responded(ctx: &mut RequestCtx, status: u16) {
     ctx.telemetry.upstream_status = Some(status);
+    if ctx.telemetry.span.is_some() && ctx.proxy_route().is_some_and(|r| r.sse) {
+        ctx.telemetry.stream_answered = Some(Instant::now());
+    }
     if metrics::requests_counted()
         && (200..300).contains(&status)
         && ctx.proxy_route().is_some_and(|r| r.sse)
     {
         ctx.telemetry.sse = Some(metrics::sse_stream_opened(ctx.route_label()));
     }
+}
+
+/// The request failed at the upstream (connection, timeout, or a stream broken off):
+/// its span is kept as an error's even when the client saw a 2xx ([`keep`]).
+pub fn upstream_failed(ctx: &mut RequestCtx) {
+    ctx.telemetry.upstream_failed = true;
 }
 
 /// What is known about a request when it ends.
@@ -408,6 +421,7 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
             headers: &headers,
             client,
             span: span.as_deref(),
+            request_id: ctx.telemetry.request_id.as_ref().map(|v| v.as_bytes()),
         };
         write_log_line(req, ctx, &finished, &line, access_log);
     }
@@ -426,10 +440,23 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
             upstream.as_deref(),
             &finished,
             prometheus,
-            otlp,
+            otlp.as_deref(),
         );
         if let (Some(span), Some(otlp)) = (span, otlp) {
-            span.finish(otlp, (finished.at, finished.elapsed), || ServerRequest {
+            let keep = || {
+                let latency = match ctx.telemetry.stream_answered {
+                    Some(at) => at.saturating_duration_since(ctx.started),
+                    None => finished.elapsed,
+                };
+                let outcome = keep::Outcome {
+                    status,
+                    upstream_failed: ctx.telemetry.upstream_failed,
+                    latency,
+                };
+                keep::reason(&ctx.snapshot.config.telemetry, &outcome)
+            };
+            let times = (finished.at, finished.elapsed);
+            span.finish(&otlp, times, keep, || ServerRequest {
                 naming: route.span_naming(finished.method),
                 path: req.uri.path(),
                 client,
@@ -440,6 +467,11 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
                     .peer
                     .zip(upstream.as_deref())
                     .map(|(peer, u)| u.peer_name(peer)),
+                request_id: ctx
+                    .telemetry
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok()),
             });
         }
     }
@@ -488,6 +520,7 @@ struct LineParts<'a> {
     headers: &'a ReportedHeaders<'a>,
     client: Option<&'a IpText>,
     span: Option<&'a ServerSpan>,
+    request_id: Option<&'a [u8]>,
 }
 
 fn write_log_line(
@@ -519,6 +552,7 @@ fn write_log_line(
             .span
             .filter(|_| format == LogFormat::Json)
             .map(|s| s.context().trace_id_hex()),
+        request_id: parts.request_id,
     };
     access_log.log(format, &entry, f.at);
 }

@@ -37,8 +37,6 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// The running pipelines and the handles the request path records through.
 pub struct Otlp {
-    /// `telemetry.sampling_ratio` for requests without a parent.
-    pub sampling_ratio: f64,
     /// `http.server.request.duration`, seconds.
     pub server_duration: Histogram<f64>,
     /// `http.client.request.duration`, seconds (the upstream calls).
@@ -84,7 +82,6 @@ impl Otlp {
             .build();
 
         Ok(Otlp {
-            sampling_ratio: settings.sampling_ratio,
             server_duration,
             client_duration,
             spans,

@@ -38,7 +38,6 @@ pub struct OtlpSettings {
     pub endpoint: String,
     pub protocol: OtlpProtocol,
     pub service_name: String,
-    pub sampling_ratio: f64,
     pub metrics_interval: Duration,
     pub trace_queue_size: usize,
     pub trace_schedule_delay: Duration,
@@ -136,7 +135,6 @@ pub fn resolve(
         endpoint,
         protocol,
         service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| config.service_name.clone()),
-        sampling_ratio: config.sampling_ratio,
         metrics_interval: millis("OTLP_METRIC_EXPORT_INTERVAL_MILLIS")
             .unwrap_or(config.metrics_interval),
         trace_queue_size,
@@ -189,7 +187,6 @@ mod tests {
         assert_eq!(s.endpoint, "http://collector:4318");
         assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(s.service_name, "astron-edge");
-        assert_eq!(s.sampling_ratio, 0.5);
         assert_eq!(s.metrics_interval, Duration::from_secs(3));
         assert_eq!(s.trace_queue_size, 2048);
         assert_eq!(s.trace_batch_size, 512);
