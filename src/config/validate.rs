@@ -305,10 +305,7 @@ fn access_log(check: &Checker<'_>, raw: &RawConfig) -> Result<AccessLogConfig, C
         }
         (Some(size), files) => {
             if !(MIN_LOG_SIZE..=MAX_LOG_SIZE).contains(&size.get_ref().0) {
-                return Err(check.err(
-                    size.span(),
-                    "access_log.max_size must be between 1k and 1t",
-                ));
+                return Err(check.err(size.span(), "access_log.max_size must be between 1k and 1t"));
             }
             let max_files = match files {
                 None => DEFAULT_LOG_FILES,

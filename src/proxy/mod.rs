@@ -477,13 +477,7 @@ impl EdgeProxy {
         let outcome = self
             .shared
             .auth
-            .check(
-                auth,
-                upstream,
-                session.req_header(),
-                &identity,
-                &extra,
-            )
+            .check(auth, upstream, session.req_header(), &identity, &extra)
             .await;
         let (result, answer) = match &outcome {
             AuthOutcome::Allow(_) => (AuthResult::Allow, None),

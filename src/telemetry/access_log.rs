@@ -11,6 +11,11 @@
 //! request appends, so no request wakes the writer, and a line costs the request path its
 //! formatting and one short lock, with no allocation. Lines queued before a `SIGUSR1` but
 //! not yet written go to the reopened file: none is lost.
+//!
+//! With `max_size` (SPEC §4) the writer rotates the file itself, between two lines:
+//! `FILE` becomes `FILE.1` (`FILE.1` becomes `FILE.2`, …, up to `max_files`, the oldest
+//! dropped) before a write would take it past the size. Only the writer thread writes
+//! and renames, so no line is lost or split across files.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use http::Version;
 
-use crate::config::{LogFormat, LogTarget};
+use crate::config::{LogFormat, LogTarget, Rotation};
 use crate::state::SharedState;
 use crate::text::IpText;
 
@@ -452,13 +457,15 @@ impl Writer {
         }
     }
 
-    /// Switches the output when a reload changed `access_log.path`.
+    /// Switches the output when a reload changed `access_log.path`, and its rotation
+    /// when it changed `max_size` / `max_files`.
     fn follow_config(&self, output: &mut Output) {
         let snapshot = self.state.load();
-        let target = &snapshot.config.access_log.target;
-        if *target != output.target {
-            *output = Output::open(target);
+        let config = &snapshot.config.access_log;
+        if config.target != output.target {
+            *output = Output::open(&config.target);
         }
+        output.rotation = config.rotation;
     }
 }
 
@@ -466,6 +473,10 @@ impl Writer {
 struct Output {
     target: LogTarget,
     sink: Sink,
+    /// `max_size` / `max_files` of the live config (files only).
+    rotation: Option<Rotation>,
+    /// Bytes in the file: what it had when opened plus what was written since.
+    size: u64,
 }
 
 enum Sink {
@@ -476,11 +487,15 @@ enum Sink {
 
 impl Output {
     fn open(target: &LogTarget) -> Output {
+        let mut size = 0;
         let sink = match target {
             LogTarget::Off => Sink::Discard,
             LogTarget::Stdout => Sink::Stdout(io::stdout()),
             LogTarget::File(path) => match open_append(path) {
-                Ok(file) => Sink::File(file),
+                Ok(file) => {
+                    size = file.metadata().map_or(0, |m| m.len());
+                    Sink::File(file)
+                }
                 Err(e) => {
                     tracing::error!(path = %path.display(), "cannot open the access log: {e}");
                     Sink::Discard
@@ -490,6 +505,8 @@ impl Output {
         Output {
             target: target.clone(),
             sink,
+            rotation: None,
+            size,
         }
     }
 
@@ -497,21 +514,97 @@ impl Output {
         if let LogTarget::File(path) = &self.target {
             tracing::info!(path = %path.display(), "reopening the access log");
             let target = self.target.clone();
+            let rotation = self.rotation;
             *self = Output::open(&target);
+            self.rotation = rotation;
         }
     }
 
-    /// A batch of whole lines in one `write` (stdout: its lock held for the batch).
-    fn write(&mut self, batch: &[u8]) {
-        let result = match &mut self.sink {
-            Sink::Discard => Ok(()),
-            Sink::Stdout(w) => w.lock().write_all(batch).and_then(|()| w.flush()),
-            Sink::File(w) => w.write_all(batch),
-        };
-        if let Err(e) = result {
-            tracing::warn!("access log write failed: {e}");
+    /// A batch of whole lines in one `write` (stdout: its lock held for the batch). With
+    /// rotation, the batch is cut at the last line that fits and the file rotated before
+    /// the rest: a file grows past `max_size` only by a single line longer than that.
+    fn write(&mut self, mut batch: &[u8]) {
+        while !batch.is_empty() {
+            let take = match (self.rotation, &self.sink) {
+                (Some(rotation), Sink::File(_)) => {
+                    let room = rotation.max_size.saturating_sub(self.size);
+                    match whole_lines_within(batch, room) {
+                        0 if self.size > 0 => {
+                            self.rotate(rotation);
+                            continue;
+                        }
+                        // a line longer than max_size: a file of its own
+                        0 => batch
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(batch.len(), |i| i + 1),
+                        n => n,
+                    }
+                }
+                _ => batch.len(),
+            };
+            let (now, rest) = batch.split_at(take);
+            self.write_all(now);
+            batch = rest;
         }
     }
+
+    fn write_all(&mut self, bytes: &[u8]) {
+        let result = match &mut self.sink {
+            Sink::Discard => Ok(()),
+            Sink::Stdout(w) => w.lock().write_all(bytes).and_then(|()| w.flush()),
+            Sink::File(w) => w.write_all(bytes),
+        };
+        match result {
+            Ok(()) => self.size += bytes.len() as u64,
+            Err(e) => tracing::warn!("access log write failed: {e}"),
+        }
+    }
+
+    /// `FILE.N-1` → `FILE.N` … `FILE` → `FILE.1` (the oldest dropped), then a new `FILE`.
+    /// A rename that fails is logged and the file goes on growing: no line is lost.
+    fn rotate(&mut self, rotation: Rotation) {
+        let LogTarget::File(path) = &self.target else {
+            return;
+        };
+        let path = path.clone();
+        let numbered = |n: u32| {
+            let mut name = path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            std::path::PathBuf::from(name)
+        };
+        let mut result = Ok(());
+        for n in (1..rotation.max_files).rev() {
+            match std::fs::rename(numbered(n), numbered(n + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => result = Err(e),
+                _ => {}
+            }
+        }
+        if result.is_ok() {
+            result = std::fs::rename(&path, numbered(1));
+        }
+        match result {
+            Ok(()) => {
+                *self = Output::open(&self.target.clone());
+                self.rotation = Some(rotation);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "access log rotation failed: {e}");
+                // go on in the same file until the next rotation is due
+                self.size = 0;
+            }
+        }
+    }
+}
+
+/// The length of the longest run of whole lines at the start of `batch` within `room`
+/// bytes.
+fn whole_lines_within(batch: &[u8], room: u64) -> usize {
+    let limit = batch.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+    batch[..limit]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1)
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -633,6 +726,31 @@ mod tests {
         let text = format!("[access_log]\npath = {path:?}\n");
         let config = crate::config::parse(Path::new("test.toml"), &text).expect("config");
         crate::state::shared(crate::state::Snapshot::new(config, None))
+    }
+
+    #[test]
+    fn rotation_cuts_between_lines_and_keeps_max_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        let mut output = Output::open(&LogTarget::File(path.clone()));
+        output.rotation = Some(Rotation {
+            max_size: 10,
+            max_files: 2,
+        });
+        output.write(b"111\n222\n333\n");
+        output.write(b"444\n");
+        output.write(b"0123456789abc\n55\n");
+        let read = |suffix: &str| {
+            let mut name = path.clone().into_os_string();
+            name.push(suffix);
+            std::fs::read_to_string(name).ok()
+        };
+        assert_eq!(read("").as_deref(), Some("55\n"));
+        assert_eq!(read(".1").as_deref(), Some("0123456789abc\n"));
+        assert_eq!(read(".2").as_deref(), Some("333\n444\n"));
+        assert_eq!(read(".3"), None, "max_files: the oldest is dropped");
+        assert_eq!(whole_lines_within(b"ab\ncd\n", 4), 3);
+        assert_eq!(whole_lines_within(b"ab\ncd\n", 2), 0);
     }
 
     #[test]

@@ -16,8 +16,9 @@
 
 pub mod access_log;
 mod keep;
-mod metrics_server;
+pub mod log_levels;
 pub mod metrics;
+mod metrics_server;
 mod otlp;
 mod otlp_wire;
 mod reconfigure;

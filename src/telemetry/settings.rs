@@ -120,9 +120,9 @@ pub fn resolve(
                 match value.trim().to_ascii_lowercase().as_str() {
                     "gzip" => return true,
                     "none" => return false,
-                    other => tracing::warn!(
-                        "{name}={other:?} is not supported (gzip, none); ignored"
-                    ),
+                    other => {
+                        tracing::warn!("{name}={other:?} is not supported (gzip, none); ignored")
+                    }
                 }
             }
         }
@@ -210,7 +210,10 @@ mod tests {
         assert!(!s.metrics_gzip);
         let env = [("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")];
         let s = resolve(&gzip_table, &with(&env)).expect("on");
-        assert!(s.traces_gzip, "an unsupported value falls back to the table");
+        assert!(
+            s.traces_gzip,
+            "an unsupported value falls back to the table"
+        );
     }
 
     #[test]
