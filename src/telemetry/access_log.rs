@@ -31,7 +31,7 @@ use base64::Engine as _;
 use http::Version;
 
 use crate::config::{LogFormat, LogTarget, Rotation};
-use crate::state::SharedState;
+use crate::state::{SharedState, Snapshot};
 use crate::text::IpText;
 
 /// Lines that may wait for the writer; beyond this they are dropped (and counted). Room
@@ -70,8 +70,8 @@ pub struct Entry<'a> {
     pub upstream_response_time: Option<Duration>,
     pub upstream_addr: Option<SocketAddr>,
     pub route: &'a str,
-    /// 32 lowercase hex digits when the request has a trace.
-    pub trace_id: Option<String>,
+    /// The request's trace id, when it has a span (JSON only).
+    pub trace_id: Option<[u8; 16]>,
     /// `X-Request-ID` (JSON only).
     pub request_id: Option<&'a [u8]>,
 }
@@ -182,7 +182,12 @@ fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     out.extend_from_slice(b",\"x_forwarded_for\":");
     push_json_opt(out, e.x_forwarded_for);
     out.extend_from_slice(b",\"trace_id\":");
-    push_json_opt(out, e.trace_id.as_deref().map(str::as_bytes));
+    let mut hex = [0; 32];
+    let trace_id = e.trace_id.map(|id| {
+        crate::text::put_hex(&mut hex, &id);
+        &hex[..]
+    });
+    push_json_opt(out, trace_id);
     out.extend_from_slice(b",\"request_id\":");
     push_json_opt(out, e.request_id);
     out.push(b'}');
@@ -292,12 +297,22 @@ struct Pending {
     /// Whole lines, newlines included, in the order they were queued.
     bytes: Vec<u8>,
     lines: usize,
+    /// Where in `bytes` lines formatted under another config start: each run goes to
+    /// the file (and rotation) of the config it was formatted with, so a reload that
+    /// changes `access_log.path` or `format` never puts a line in the other file.
+    segments: Vec<Segment>,
     /// Answered once every line queued before them is written ([`AccessLog::flush`]).
     acks: Vec<mpsc::Sender<()>>,
     /// `SIGUSR1`: reopen the file before writing what is pending.
     reopen: bool,
     /// The handle is gone: write what is pending and stop.
     closed: bool,
+}
+
+/// Lines of `bytes[start..]` (up to the next segment) were formatted under `snapshot`.
+struct Segment {
+    start: usize,
+    snapshot: Arc<Snapshot>,
 }
 
 /// What [`Pending::append`] did with a line.
@@ -311,9 +326,21 @@ enum Appended {
 }
 
 impl Pending {
-    fn append(&mut self, line: &[u8]) -> Appended {
+    /// Appends a line formatted under `snapshot`; a new segment starts when it is not
+    /// the config of the previous line (an `Arc` clone per batch and per reload).
+    fn append(&mut self, line: &[u8], snapshot: &Arc<Snapshot>) -> Appended {
         if self.lines >= QUEUE_LINES || self.bytes.len() + line.len() > QUEUE_BYTES {
             return Appended::Dropped;
+        }
+        if !self
+            .segments
+            .last()
+            .is_some_and(|s| Arc::ptr_eq(&s.snapshot, snapshot))
+        {
+            self.segments.push(Segment {
+                start: self.bytes.len(),
+                snapshot: snapshot.clone(),
+            });
         }
         let first = self.bytes.is_empty();
         self.bytes.extend_from_slice(line);
@@ -332,6 +359,7 @@ impl Pending {
 
 /// The handle of the access-log writer.
 pub struct AccessLog {
+    state: SharedState,
     pending: Arc<Mutex<Pending>>,
     writer: Thread,
 }
@@ -355,25 +383,36 @@ impl AccessLog {
         let pending = Arc::new(Mutex::new(Pending::default()));
         let output = Output::open(&state.load().config.access_log.target);
         let writer = Writer {
-            state,
+            state: state.clone(),
             pending: pending.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || writer.run(output))?;
         Ok(AccessLog {
+            state,
             pending,
             writer: thread.thread().clone(),
         })
     }
 
-    /// Formats `entry` and queues the line; never waits. A full queue drops the line and
-    /// counts it.
-    pub fn log(&self, format: LogFormat, entry: &Entry<'_>, now: SystemTime) {
+    /// Whether the live config logs at all (`access_log.path` is not `"off"`).
+    pub fn enabled(&self) -> bool {
+        self.state.load().config.access_log.target != LogTarget::Off
+    }
+
+    /// Formats `entry` in the live config's format and queues the line, tagged with that
+    /// config; never waits. A full queue drops the line and counts it.
+    pub fn log(&self, entry: &Entry<'_>, now: SystemTime) {
+        let live = self.state.load_full();
+        let config = &live.config.access_log;
+        if config.target == LogTarget::Off {
+            return;
+        }
         SCRATCH.with_borrow_mut(|line| {
             line.clear();
-            format_line(line, format, entry, now);
-            self.queue(line);
+            format_line(line, config.format, entry, now);
+            self.queue(line, &live);
             if line.capacity() > KEEP_SCRATCH_CAPACITY {
                 *line = Vec::with_capacity(SCRATCH_CAPACITY);
             }
@@ -382,8 +421,8 @@ impl AccessLog {
 
     /// Appends one whole line. Only the first line after the writer took the last batch
     /// wakes it; under load it is already awake, lingering.
-    fn queue(&self, line: &[u8]) {
-        let appended = lock(&self.pending).append(line);
+    fn queue(&self, line: &[u8], snapshot: &Arc<Snapshot>) {
+        let appended = lock(&self.pending).append(line, snapshot);
         match appended {
             Appended::First => self.writer.unpark(),
             Appended::More => {}
@@ -423,6 +462,7 @@ struct Writer {
 impl Writer {
     fn run(&self, mut output: Output) {
         let mut batch = Vec::new();
+        let mut segments = Vec::new();
         let mut acks = Vec::new();
         loop {
             // Parked only while idle: a request's first line unparks it.
@@ -435,15 +475,22 @@ impl Writer {
             let (reopen, closed) = {
                 let mut pending = lock(&self.pending);
                 std::mem::swap(&mut pending.bytes, &mut batch);
+                std::mem::swap(&mut pending.segments, &mut segments);
                 pending.lines = 0;
                 acks.append(&mut pending.acks);
                 (std::mem::take(&mut pending.reopen), pending.closed)
             };
-            self.follow_config(&mut output);
             if reopen {
                 output.reopen();
             }
-            output.write(&batch);
+            for (i, segment) in segments.iter().enumerate() {
+                let end = segments.get(i + 1).map_or(batch.len(), |next| next.start);
+                follow_config(&segment.snapshot, &mut output);
+                output.write(&batch[segment.start..end]);
+            }
+            segments.clear();
+            // a reload with no line since still moves the file (and closes the old one)
+            follow_config(&self.state.load(), &mut output);
             batch.clear();
             if batch.capacity() > KEEP_BATCH_CAPACITY {
                 batch.shrink_to(KEEP_BATCH_CAPACITY);
@@ -456,17 +503,15 @@ impl Writer {
             }
         }
     }
+}
 
-    /// Switches the output when a reload changed `access_log.path`, and its rotation
-    /// when it changed `max_size` / `max_files`.
-    fn follow_config(&self, output: &mut Output) {
-        let snapshot = self.state.load();
-        let config = &snapshot.config.access_log;
-        if config.target != output.target {
-            *output = Output::open(&config.target);
-        }
-        output.rotation = config.rotation;
+/// Switches the output to the file of `snapshot`'s `access_log.path`, and its rotation.
+fn follow_config(snapshot: &Snapshot, output: &mut Output) {
+    let config = &snapshot.config.access_log;
+    if config.target != output.target {
+        *output = Output::open(&config.target);
     }
+    output.rotation = config.rotation;
 }
 
 /// Where lines go.
@@ -635,7 +680,7 @@ mod tests {
             upstream_response_time: Some(Duration::from_millis(1200)),
             upstream_addr: Some("127.0.0.1:8080".parse().expect("addr")),
             route: "console-api",
-            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            trace_id: Some(0x0af7651916cd43dd8448eb211c80319c_u128.to_be_bytes()),
             request_id: Some(b"req-42"),
         }
     }
@@ -755,21 +800,22 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_in_lines_and_bytes() {
+        let snapshot = state_logging_to("off").load_full();
         let mut pending = Pending::default();
-        assert_eq!(pending.append(b"a\n"), Appended::First);
-        assert_eq!(pending.append(b"b\n"), Appended::More);
+        assert_eq!(pending.append(b"a\n", &snapshot), Appended::First);
+        assert_eq!(pending.append(b"b\n", &snapshot), Appended::More);
         for _ in 2..QUEUE_LINES {
-            assert_eq!(pending.append(b"c\n"), Appended::More);
+            assert_eq!(pending.append(b"c\n", &snapshot), Appended::More);
         }
-        assert_eq!(pending.append(b"d\n"), Appended::Dropped);
+        assert_eq!(pending.append(b"d\n", &snapshot), Appended::Dropped);
         assert_eq!(pending.lines, QUEUE_LINES);
         assert!(pending.bytes.starts_with(b"a\nb\nc\n"));
 
         let mut pending = Pending::default();
         let long = vec![b'x'; QUEUE_BYTES / 2];
-        assert_eq!(pending.append(&long), Appended::First);
-        assert_eq!(pending.append(&long), Appended::More);
-        assert_eq!(pending.append(b"\n"), Appended::Dropped);
+        assert_eq!(pending.append(&long, &snapshot), Appended::First);
+        assert_eq!(pending.append(&long, &snapshot), Appended::More);
+        assert_eq!(pending.append(b"\n", &snapshot), Appended::Dropped);
         assert_eq!(pending.bytes.len(), QUEUE_BYTES);
     }
 
@@ -780,20 +826,20 @@ mod tests {
         let state = state_logging_to(path.to_str().expect("utf-8 path"));
         let log = AccessLog::start(state.clone()).expect("start");
         let flush = || assert!(log.flush(Instant::now() + Duration::from_secs(5)));
-        log.queue(b"one\n");
+        log.queue(b"one\n", &state.load_full());
         flush();
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "one\n");
         let rotated = dir.path().join("access.log.1");
         std::fs::rename(&path, &rotated).expect("rename");
         log.reopen();
-        log.queue(b"two\n");
+        log.queue(b"two\n", &state.load_full());
         flush();
         assert_eq!(std::fs::read_to_string(&rotated).expect("read"), "one\n");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "two\n");
         let other = dir.path().join("other.log");
         let reloaded = state_logging_to(other.to_str().expect("utf-8 path")).load_full();
         state.store(reloaded);
-        log.queue(b"three\n");
+        log.queue(b"three\n", &state.load_full());
         flush();
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "two\n");
         assert_eq!(std::fs::read_to_string(&other).expect("read"), "three\n");

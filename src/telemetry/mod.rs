@@ -38,7 +38,6 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{LogFormat, LogTarget};
 use crate::proxy::{RequestCtx, RequestKind};
 use crate::state::SharedState;
 use crate::text::IpText;
@@ -389,9 +388,11 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
     let span = ctx.telemetry.span.take();
     let prometheus = metrics::requests_counted();
     let otlp = otlp_pipeline();
-    let logs =
-        ctx.kind != RequestKind::Health && ctx.snapshot.config.access_log.target != LogTarget::Off;
-    let access_log = global().filter(|_| logs).map(|t| &t.access_log);
+    // The live config decides whether and how the line is written (the access log's file
+    // and format follow a reload at once, even for requests that started before it).
+    let access_log = global()
+        .filter(|t| ctx.kind != RequestKind::Health && t.access_log.enabled())
+        .map(|t| &t.access_log);
     if !prometheus && otlp.is_none() && access_log.is_none() {
         return;
     }
@@ -532,7 +533,6 @@ fn write_log_line(
     access_log: &AccessLog,
 ) {
     let headers = parts.headers;
-    let format = ctx.snapshot.config.access_log.format;
     let entry = Entry {
         remote_addr: parts.client,
         authorization: headers.authorization,
@@ -549,13 +549,10 @@ fn write_log_line(
         upstream_addr: ctx.peer,
         route: ctx.route_label(),
         // Only the JSON format has the field.
-        trace_id: parts
-            .span
-            .filter(|_| format == LogFormat::Json)
-            .map(|s| s.context().trace_id_hex()),
+        trace_id: parts.span.map(|s| s.context().trace_id),
         request_id: parts.request_id,
     };
-    access_log.log(format, &entry, f.at);
+    access_log.log(&entry, f.at);
 }
 
 /// The client's IP address, when it came over TCP.

@@ -72,11 +72,6 @@ impl TraceContext {
         headers
     }
 
-    /// The trace id as 32 lowercase hex digits (the JSON access log's `trace_id`).
-    pub fn trace_id_hex(&self) -> String {
-        text::hex(&self.trace_id)
-    }
-
     /// The client's context from its `traceparent` (and `tracestate`), when valid.
     fn extract(client: &ClientTraceHeaders<'_>) -> Option<TraceContext> {
         let (trace_id, span_id, sampled) = parse_traceparent(client.traceparent?.as_bytes())?;

@@ -159,7 +159,10 @@ upstream = "down"
     let streamed = get("/chat/run", None).await.expect("stream");
     let stream_id = request_id(&streamed);
     assert!(is_generated_id(&stream_id));
-    assert_eq!(stream.last().header("x-request-id"), Some(stream_id.as_str()));
+    assert_eq!(
+        stream.last().header("x-request-id"),
+        Some(stream_id.as_str())
+    );
 
     // forward auth: the auth service gets the id; a denial returns it
     let denied = get("/secure/x", Some("auth-1")).await.expect("denied");
@@ -174,7 +177,10 @@ upstream = "down"
         .expect("allowed");
     assert_eq!(allowed.status(), 200);
     let allowed_id = request_id(&allowed);
-    assert_eq!(auth.last().header("x-request-id"), Some(allowed_id.as_str()));
+    assert_eq!(
+        auth.last().header("x-request-id"),
+        Some(allowed_id.as_str())
+    );
     assert_eq!(app.last().header("x-request-id"), Some(allowed_id.as_str()));
 
     // the JSON access log has each id with its request
@@ -187,9 +193,15 @@ upstream = "down"
             .any(|v| v["request_id"] == id)
     };
     let all_there = wait_until(Duration::from_secs(10), || {
-        [generated.as_str(), kept, "stream-1", "auth-1", allowed_id.as_str()]
-            .iter()
-            .all(|id| logged(id))
+        [
+            generated.as_str(),
+            kept,
+            "stream-1",
+            "auth-1",
+            allowed_id.as_str(),
+        ]
+        .iter()
+        .all(|id| logged(id))
     })
     .await;
     assert!(
@@ -386,9 +398,8 @@ async fn prometheus_follows_a_reload_that_moves_the_metrics_listener() {
         .spawn()
         .expect("start prometheus");
     let _prometheus = KillOnDrop(child);
-    let prometheus_log = || {
-        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-    };
+    let prometheus_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
 
     // Waits (bounded) until Prometheus says `up` is `old_up` / `new_up` for the two.
     let wait_up = |old_up: &'static str, new_up: &'static str| async move {
@@ -421,8 +432,7 @@ async fn prometheus_follows_a_reload_that_moves_the_metrics_listener() {
         "the old metrics port still accepts"
     );
     wait_up("0", "1").await;
-    let reloads =
-        prometheus_values(web, "edge_config_reloads_total{result=\"success\"}").await;
+    let reloads = prometheus_values(web, "edge_config_reloads_total{result=\"success\"}").await;
     assert_eq!(reloads.get(&new.to_string()).map(String::as_str), Some("1"));
 }
 
@@ -467,7 +477,10 @@ async fn a_reload_switches_the_access_log_without_losing_a_line() {
     .await;
     assert!(reloaded, "{}", proxy.stderr());
 
-    let (first, second) = (proxy.dir().join("first.log"), proxy.dir().join("second.log"));
+    let (first, second) = (
+        proxy.dir().join("first.log"),
+        proxy.dir().join("second.log"),
+    );
     let count = |first: &str, second: &str| {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for line in first.lines() {
@@ -535,7 +548,11 @@ async fn a_reload_that_shrinks_the_asset_cache_evicts() {
                     .send()
                     .await
                     .expect("asset");
-                if response.headers().get("x-cache").and_then(|v| v.to_str().ok()) == Some("HIT")
+                if response
+                    .headers()
+                    .get("x-cache")
+                    .and_then(|v| v.to_str().ok())
+                    == Some("HIT")
                 {
                     hits += 1;
                 }
