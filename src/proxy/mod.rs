@@ -177,6 +177,7 @@ impl ProxyHttp for EdgeProxy {
         };
         let (view, telemetry) = ctx.telemetry_parts();
         crate::telemetry::request_started(session, &view, telemetry);
+        crate::telemetry::request_id::assign(session.req_header(), telemetry);
         let needs_auth = ctx.proxy_route().is_some_and(|r| r.auth.is_some());
         match decision {
             Decision::Proxy if !needs_auth => Ok(self.proxy_on(session, ctx)),
@@ -281,8 +282,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Room for what is set below: the identity headers, `Host`, the trace context,
-        // `X-Accel-Buffering`, and the route's and forward auth's headers.
-        let own = 7 + ctx.proxy_route().map_or(0, |r| r.set_request_headers.len());
+        // `X-Request-ID`, `X-Accel-Buffering`, and the route's and forward auth's headers.
+        let own = 8 + ctx.proxy_route().map_or(0, |r| r.set_request_headers.len());
         make_room(upstream_request, own + ctx.auth_headers.len())?;
         let client = session.req_header();
         ClientIdentity::of(session).apply(client, upstream_request)?;
@@ -296,6 +297,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.set_uri(uri);
         }
         crate::telemetry::inject_trace_context(&ctx.telemetry, upstream_request)?;
+        crate::telemetry::request_id::set_on_request(&ctx.telemetry, upstream_request)?;
         let Some(route) = ctx.proxy_route() else {
             return Ok(());
         };
@@ -405,6 +407,9 @@ impl ProxyHttp for EdgeProxy {
                 status => status,
             }),
         };
+        if e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) {
+            crate::telemetry::upstream_failed(&mut ctx.telemetry);
+        }
         let exchange = crate::telemetry::Exchange::Session(session);
         let (view, telemetry) = ctx.telemetry_parts();
         crate::telemetry::request_finished(&exchange, &view, telemetry, status);
@@ -421,6 +426,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let status = log_failure(ctx, e);
+        // a failure before request_filter (none is known today) still gets an id
+        crate::telemetry::request_id::assign(session.req_header(), &mut ctx.telemetry);
         let already_answered = session.response_written().is_some();
         let idle_stream = already_answered
             && ctx.proxy_route().is_some_and(|r| r.sse)
@@ -484,16 +491,12 @@ impl EdgeProxy {
             &auth.name,
             &auth.path,
         );
+        let mut extra = span.headers();
+        extra.extend(crate::telemetry::request_id::header(&ctx.telemetry));
         let outcome = self
             .shared
             .auth
-            .check(
-                auth,
-                upstream,
-                session.req_header(),
-                &identity,
-                &span.headers(),
-            )
+            .check(auth, upstream, session.req_header(), &identity, &extra)
             .await;
         let (result, answer) = match &outcome {
             AuthOutcome::Allow(_) => (AuthResult::Allow, None),

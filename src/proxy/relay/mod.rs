@@ -139,8 +139,12 @@ fn relay(
                 route = ctx.route_label(),
                 "SSE stream idle past the route timeout: ended"
             ),
-            End::ClientLeft(e) | End::UpstreamFailed(e) => {
+            End::ClientLeft(e) => {
                 super::log_failure(&ctx, e);
+            }
+            End::UpstreamFailed(e) => {
+                super::log_failure(&ctx, e);
+                telemetry::upstream_failed(&mut ctx.telemetry);
             }
         }
         let exchange = Exchange::Relayed {
