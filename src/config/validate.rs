@@ -261,6 +261,7 @@ fn server(check: &Checker<'_>, raw: &RawConfig, base: &Path) -> Result<ServerCon
         client_max_body_size: s.client_max_body_size.map_or(DEFAULT_BODY_LIMIT, |v| v.0),
         keepalive_timeout: s.keepalive_timeout.map_or(DEFAULT_KEEPALIVE, |v| v.0),
         grace_period: s.grace_period.map_or(DEFAULT_GRACE, |v| v.0),
+        sse_relay: s.sse_relay.unwrap_or(true),
         tls,
     })
 }
@@ -625,6 +626,7 @@ fn proxy_route(
         upstream_path,
         auth,
         sse: r.sse,
+        sse_heartbeat: r.sse_heartbeat.map(|d| d.0).filter(|d| !d.is_zero()),
         timeout: r.timeout.map(|d| d.0),
         connect_timeout: r.connect_timeout.map(|d| d.0),
         cache,

@@ -2,9 +2,11 @@
 //! done by the modules they call.
 
 mod context;
+mod cut;
 mod forward;
 mod relay;
 mod respond;
+mod stale;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -249,6 +251,17 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(peer))
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        stale::pipeline_retry(peer, session, e, ctx, client_reused)
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -329,7 +342,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::telemetry::upstream_responded(ctx, upstream_response.status.as_u16());
+        crate::telemetry::upstream_responded(ctx, upstream_response);
         Ok(())
     }
 
@@ -348,9 +361,16 @@ impl ProxyHttp for EdgeProxy {
                 response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
             }
         }
+        // An event stream on any route is never stored nor compressed (SPEC §3).
+        let event_stream = ctx.telemetry.stream().is_some_and(|s| s.is_event_stream());
+        if event_stream {
+            ctx.asset = None;
+        }
         // The asset cache captures the upstream's own header, so it goes before the rest.
         crate::cache::response_filter(session.req_header(), response, ctx)?;
-        crate::compress::response_filter(session.req_header(), response, ctx)?;
+        if !event_stream {
+            crate::compress::response_filter(session.req_header(), response, ctx)?;
+        }
         if ctx.gzip.is_some() {
             crate::compress::hold_segments(session);
         }
@@ -364,6 +384,9 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let (Some(stream), Some(data)) = (ctx.telemetry.stream(), body.as_ref()) {
+            stream.sent(data);
+        }
         // The cache keeps the identity body: capture before compressing.
         crate::cache::body_filter(body, end_of_stream, ctx);
         crate::compress::body_filter(body, end_of_stream, ctx)?;
@@ -378,6 +401,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if ctx.gzip.is_some() {
             crate::compress::release_segments(session);
+        }
+        if let Some(stream) = ctx.telemetry.stream() {
+            stream.ended(crate::telemetry::StreamEnd::of(e));
         }
         // What the client got; nginx's 499 when it left before anything was sent.
         let status = match session.response_written() {
@@ -402,22 +428,21 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let status = log_failure(ctx, e);
-        let already_answered = session.response_written().is_some();
-        let idle_stream = already_answered
-            && ctx.proxy_route().is_some_and(|r| r.sse)
-            && matches!(e.etype(), ErrorType::ReadTimedout)
-            && e.esource() == &ErrorSource::Upstream;
-        if idle_stream {
-            // An SSE stream idle past the route timeout ends like a finished stream (the
-            // terminating chunk), so clients see a clean end rather than a cut connection.
-            if let Err(write_error) = session.as_downstream_mut().finish_body().await {
-                tracing::debug!("could not end the idle stream: {write_error}");
-            }
+        // A `100 Continue` is no answer yet: a body over the limit still gets its 413.
+        let already_answered = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
+        if already_answered {
+            // The answer is cut: never its clean end (SPEC §3 "How a stream ends").
+            cut::cut(session);
         }
         if status > 0 && !already_answered {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             if let Err(write_error) = local_response(session, ctx, code, None).await {
                 tracing::debug!("could not send the error response: {write_error}");
+            }
+            if code == StatusCode::PAYLOAD_TOO_LARGE {
+                discard_request_body(session).await;
             }
         }
         FailToProxy {

@@ -67,6 +67,8 @@ pub struct Entry<'a> {
     pub route: &'a str,
     /// 32 lowercase hex digits when the request has a trace.
     pub trace_id: Option<String>,
+    /// The stream fields of a stream's line (JSON format only).
+    pub stream: Option<super::stream::StreamReport>,
 }
 
 /// Formats one line, newline included.
@@ -176,6 +178,21 @@ fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     push_json_opt(out, e.x_forwarded_for);
     out.extend_from_slice(b",\"trace_id\":");
     push_json_opt(out, e.trace_id.as_deref().map(str::as_bytes));
+    if let Some(stream) = &e.stream {
+        out.extend_from_slice(b",\"time_to_first_byte\":");
+        match stream.time_to_first_byte {
+            Some(t) => {
+                let _ = write!(out, "{:.3}", t.as_secs_f64());
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        let _ = write!(
+            out,
+            ",\"sse_events\":{},\"stream_end\":\"{}\"",
+            stream.events,
+            stream.end.as_str()
+        );
+    }
     out.push(b'}');
 }
 
@@ -539,6 +556,7 @@ mod tests {
             upstream_addr: Some("127.0.0.1:8080".parse().expect("addr")),
             route: "console-api",
             trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            stream: None,
         }
     }
 

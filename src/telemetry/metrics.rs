@@ -33,6 +33,7 @@ use prometheus::{
 };
 
 use super::otlp_wire::{encode_naming, SpanKind};
+use super::stream::{StreamEnd, StreamReport};
 
 /// Histogram buckets in seconds: from 1 ms API calls to 30 min SSE streams.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -54,7 +55,65 @@ pub const METRIC_NAMES: &[&str] = &[
     "edge_config_last_reload_success_timestamp_seconds",
     "edge_access_log_dropped_total",
     "edge_otlp_spans_dropped_total",
+    "edge_sse_streams_total",
+    "edge_sse_time_to_first_byte_seconds",
+    "edge_sse_stream_duration_seconds",
+    "edge_sse_events_total",
 ];
+
+/// The `edge_sse_*` families of finished streams.
+struct StreamFamilies {
+    ends: IntCounterVec,
+    time_to_first_byte: HistogramVec,
+    duration: HistogramVec,
+    events: IntCounterVec,
+}
+
+impl StreamFamilies {
+    fn register(r: &Registry) -> StreamFamilies {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let histogram = |name: &str, help: &str| {
+            register(
+                r,
+                HistogramVec::new(duration_opts(name, help), &["route"]).expect("valid"),
+            )
+        };
+        StreamFamilies {
+            ends: counter(
+                "edge_sse_streams_total",
+                "Finished streams, by how they ended",
+                &["route", "end"],
+            ),
+            time_to_first_byte: histogram(
+                "edge_sse_time_to_first_byte_seconds",
+                "Time from the request's arrival to the first body byte sent to the client",
+            ),
+            duration: histogram(
+                "edge_sse_stream_duration_seconds",
+                "Time from the request's arrival to the stream's end",
+            ),
+            events: counter(
+                "edge_sse_events_total",
+                "SSE events relayed (each ends with a blank line)",
+                &["route"],
+            ),
+        }
+    }
+}
+
+/// One route's `edge_sse_*` series.
+struct StreamSeries {
+    /// Indexed as [`StreamEnd::ALL`].
+    ends: [IntCounter; 5],
+    time_to_first_byte: Histogram,
+    duration: Histogram,
+    events: IntCounter,
+}
 
 /// Server addresses remembered per upstream for span attributes.
 const MAX_PEER_NAMES: usize = 64;
@@ -155,6 +214,7 @@ struct Families {
     last_reload_success: Gauge,
     access_log_dropped: IntCounter,
     spans_dropped: IntCounter,
+    streams: StreamFamilies,
     routes: NameCache<RouteMetrics>,
     upstreams: NameCache<UpstreamMetrics>,
 }
@@ -290,6 +350,7 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
             )
             .expect("valid"),
         ),
+        streams: StreamFamilies::register(&r),
         routes: ArcSwap::default(),
         upstreams: ArcSwap::default(),
         registry: r,
@@ -356,6 +417,8 @@ pub struct RouteMetrics {
     otlp: [StatusSlots<BoundHistogram<f64>>; MethodLabel::COUNT],
     /// Encoded once per method: what each SERVER span of the route repeats.
     span_namings: [OnceLock<Vec<u8>>; MethodLabel::COUNT],
+    /// The `edge_sse_*` series, resolved at the route's first stream.
+    streams: OnceLock<Box<StreamSeries>>,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -376,7 +439,30 @@ impl RouteMetrics {
             series: Default::default(),
             otlp: Default::default(),
             span_namings: Default::default(),
+            streams: OnceLock::new(),
         }
+    }
+
+    /// Counts one finished stream of the route (SPEC §5 `edge_sse_*`).
+    pub fn stream_finished(&self, report: &StreamReport, seconds: f64) {
+        let series = self.streams.get_or_init(|| {
+            let f = &FAMILIES.streams;
+            let name = &*self.name;
+            Box::new(StreamSeries {
+                ends: StreamEnd::ALL.map(|end| f.ends.with_label_values(&[name, end.as_str()])),
+                time_to_first_byte: f.time_to_first_byte.with_label_values(&[name]),
+                duration: f.duration.with_label_values(&[name]),
+                events: f.events.with_label_values(&[name]),
+            })
+        });
+        if let Some(end) = StreamEnd::ALL.iter().position(|e| *e == report.end) {
+            series.ends[end].inc();
+        }
+        if let Some(ttfb) = report.time_to_first_byte {
+            series.time_to_first_byte.observe(ttfb.as_secs_f64());
+        }
+        series.duration.observe(seconds);
+        series.events.inc_by(report.events);
     }
 
     /// The SERVER span's name (`METHOD route`), kind, `http.request.method` and
@@ -750,6 +836,12 @@ mod tests {
         record_auth("t-names", AuthResult::Allow);
         record_reload(true);
         drop(sse_stream_opened("t-names"));
+        let report = StreamReport {
+            end: StreamEnd::Complete,
+            time_to_first_byte: Some(std::time::Duration::from_millis(5)),
+            events: 2,
+        };
+        route("t-names").stream_finished(&report, 0.5);
         access_log_line_dropped();
         span_dropped();
         let text = scrape();

@@ -20,6 +20,7 @@ mod otlp;
 mod otlp_wire;
 mod settings;
 mod span_queue;
+pub mod stream;
 mod trace_export;
 pub mod traces;
 
@@ -41,6 +42,7 @@ use otlp::Otlp;
 use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
 pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
+pub use stream::{Stream, StreamEnd};
 
 static X_FORWARDED_FOR: http::header::HeaderName =
     http::header::HeaderName::from_static("x-forwarded-for");
@@ -152,8 +154,8 @@ pub struct RequestTelemetry {
     route: Option<Arc<RouteMetrics>>,
     /// Counted in `edge_http_requests_in_flight` (Prometheus on) until dropped.
     in_flight: Option<InFlight>,
-    /// An open SSE stream (2xx answer on an `sse` route), counted until the request ends.
-    sse: Option<SseStreamGuard>,
+    /// The answer is a stream (see [`stream`]): its state until the request ends.
+    stream: Option<Box<Stream>>,
     /// The client's address, looked up once.
     client: Option<IpAddr>,
     /// First upstream attempt (name resolution included).
@@ -174,6 +176,25 @@ impl RequestTelemetry {
     /// The client's address, when a kind of telemetry that reports it is on.
     pub fn client(&self) -> Option<IpAddr> {
         self.client
+    }
+
+    /// The status of the upstream's answer header, once it came.
+    pub fn upstream_status(&self) -> Option<u16> {
+        self.upstream_status
+    }
+
+    /// The answer's stream state, when the answer is a stream.
+    pub fn stream(&mut self) -> Option<&mut Stream> {
+        self.stream.as_deref_mut()
+    }
+
+    /// Lends the stream state to the relay's body pump, which [`Self::put_stream`]s it back.
+    pub fn take_stream(&mut self) -> Option<Box<Stream>> {
+        self.stream.take()
+    }
+
+    pub fn put_stream(&mut self, stream: Option<Box<Stream>>) {
+        self.stream = stream;
     }
 }
 
@@ -241,15 +262,16 @@ pub fn inject_trace_context(
     Ok(())
 }
 
-/// `upstream_response_filter`: the upstream answered with `status`; a 2xx on an `sse`
-/// route opens a stream in `edge_sse_streams_active`.
-pub fn upstream_responded(ctx: &mut RequestCtx, status: u16) {
+/// `upstream_response_filter`: the upstream answered with `response`. A 2xx on an `sse`
+/// route, or an event stream on any route, is a stream (counted in
+/// `edge_sse_streams_active` and reported as one when it ends).
+pub fn upstream_responded(ctx: &mut RequestCtx, response: &pingora::http::ResponseHeader) {
+    let status = response.status.as_u16();
     ctx.telemetry.upstream_status = Some(status);
-    if metrics::requests_counted()
-        && (200..300).contains(&status)
-        && ctx.proxy_route().is_some_and(|r| r.sse)
-    {
-        ctx.telemetry.sse = Some(metrics::sse_stream_opened(ctx.route_label()));
+    let event_stream = stream::is_event_stream(&response.headers);
+    if event_stream || (response.status.is_success() && ctx.proxy_route().is_some_and(|r| r.sse)) {
+        let opened = Stream::open(ctx.route_label(), event_stream);
+        ctx.telemetry.stream = Some(Box::new(opened));
     }
 }
 
@@ -263,6 +285,8 @@ struct Finished {
     upstream_time: Option<Duration>,
     /// The wall-clock end: the log line's time and the span's end.
     at: SystemTime,
+    /// How the answer's stream went, when it was one.
+    stream: Option<stream::StreamReport>,
 }
 
 /// The request headers the access log and the span report, found in one walk over the
@@ -371,7 +395,7 @@ fn reported_copy(req: &RequestHeader) -> pingora::Result<RequestHeader> {
 /// With every kind of telemetry off it returns after three loads.
 pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u16) {
     let in_flight = ctx.telemetry.in_flight.take();
-    ctx.telemetry.sse = None;
+    let stream = ctx.telemetry.stream.take().map(|s| s.report(ctx.started));
     let span = ctx.telemetry.span.take();
     let prometheus = metrics::requests_counted();
     let otlp = otlp_pipeline();
@@ -393,6 +417,7 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
             .upstream_started
             .map(|t| now.saturating_duration_since(t)),
         at: SystemTime::now(),
+        stream,
     };
     let traced = span.is_some() && otlp.is_some();
     let (headers, client) = if access_log.is_some() || traced {
@@ -440,6 +465,7 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
                     .peer
                     .zip(upstream.as_deref())
                     .map(|(peer, u)| u.peer_name(peer)),
+                stream: finished.stream,
             });
         }
     }
@@ -458,6 +484,9 @@ fn record_metrics(
     let seconds = f.elapsed.as_secs_f64();
     if prometheus {
         route.request_finished(f.method, f.status, seconds, f.body_bytes);
+        if let Some(stream) = &f.stream {
+            route.stream_finished(stream, seconds);
+        }
     }
     if let Some(otlp) = otlp {
         route.record_otlp(&otlp.server_duration, f.method, f.status, seconds);
@@ -519,6 +548,7 @@ fn write_log_line(
             .span
             .filter(|_| format == LogFormat::Json)
             .map(|s| s.context().trace_id_hex()),
+        stream: f.stream,
     };
     access_log.log(format, &entry, f.at);
 }

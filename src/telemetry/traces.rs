@@ -224,6 +224,8 @@ pub struct ServerRequest<'a> {
     pub status: u16,
     /// The upstream server's `address:port`, when one was chosen.
     pub upstream: Option<Arc<str>>,
+    /// How the answer's stream went, when it was one.
+    pub stream: Option<super::stream::StreamReport>,
 }
 
 impl ServerSpan {
@@ -299,6 +301,16 @@ impl ServerSpan {
             a.int("http.response.status_code", i64::from(req.status));
             if let Some(upstream) = &req.upstream {
                 a.str("upstream.address", upstream);
+            }
+            if let Some(stream) = &req.stream {
+                if let Some(ttfb) = stream.time_to_first_byte {
+                    a.f64("edge.stream.time_to_first_byte", ttfb.as_secs_f64());
+                }
+                a.int(
+                    "edge.stream.events",
+                    i64::try_from(stream.events).unwrap_or(i64::MAX),
+                );
+                a.str("edge.stream.end", stream.end.as_str());
             }
         });
     }
