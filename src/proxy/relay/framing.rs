@@ -483,7 +483,7 @@ mod tests {
     /// Lines end in LF, with or without CR (RFC 9112 §2.2 lets a recipient take a bare LF).
     fn reference_decode(mut wire: &[u8]) -> Option<Vec<u8>> {
         let mut data = Vec::new();
-        let mut next_line = |wire: &mut &[u8]| {
+        let next_line = |wire: &mut &[u8]| {
             let end = wire.iter().position(|b| *b == b'\n')?;
             let line = wire[..end]
                 .strip_suffix(b"\r")
