@@ -567,3 +567,92 @@ crate::on_both_paths!(
     requests_on_connections_the_upstream_closes_idle_do_not_fail,
     an_expected_chunked_body_over_the_limit_gets_413,
 );
+
+/// Over HTTP/2 (TLS, ALPN), a clean end is the stream's end and a cut is a stream reset:
+/// the client's body read fails instead of ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_see_a_reset_for_each_cut_and_an_end_for_a_clean_end() {
+    let certified = rcgen::generate_simple_self_signed(vec!["edge.test".to_owned()])
+        .expect("self-signed certificate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("cert");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("key");
+    let upstream = stream_upstream(Seen::default()).await;
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let proxy = Proxy::start(&format!(
+        "[server.tls]\nlisten = [\"{tls_addr}\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [access_log]\npath = \"off\"\n[upstreams.up]\nservers = [\"{upstream}\"]\n\
+         [[routes]]\nname = \"s\"\nprefix = \"/\"\nupstream = \"up\"\nsse = true\ntimeout = \"1s\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .resolve("edge.test", tls_addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for (path, clean) in [
+        ("/clean", true),
+        ("/dies", false),
+        ("/reset", false),
+        ("/idle", false),
+    ] {
+        let url = format!("https://edge.test:{}{path}", tls_addr.port());
+        let mut resp = client.get(url).send().await.expect("answer");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2, "{path}");
+        let mut body = Vec::new();
+        let ended = loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(body.starts_with(b"data: first\n\n"), "{path}: {body:?}");
+        assert_eq!(ended, clean, "{path}: clean end {ended}, expected {clean}");
+    }
+    drop(proxy);
+}
+
+/// A stream's span carries its time to first byte, events and end (SPEC §6).
+async fn a_stream_span_carries_its_ttfb_events_and_end(relay: bool) {
+    use crate::telemetry_otlp::{attributes, start_collector, wait_for_span, FAST_EXPORT};
+    let (collector, collector_addr) = start_collector().await;
+    let upstream = stream_upstream(Seen::default()).await;
+    let port = common::free_port();
+    let proxy = Proxy::start_raw(
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nsse_relay = {relay}\n\
+             [access_log]\npath = \"off\"\n[telemetry]\nenabled = true\n\
+             endpoint = \"http://{collector_addr}\"\n[upstreams.up]\nservers = [\"{upstream}\"]\n\
+             [[routes]]\nname = \"traced\"\nprefix = \"/\"\nupstream = \"up\"\nsse = true\n\
+             timeout = \"1s\"\n"
+        ),
+        port,
+        FAST_EXPORT,
+    );
+    raw_get(&proxy, "/clean").await;
+    let span = wait_for_span(&collector, "GET traced").await;
+    let attrs = attributes(&span.span.attributes);
+    assert_eq!(
+        attrs.get("edge.stream.end").map(String::as_str),
+        Some("complete"),
+        "{attrs:?}"
+    );
+    assert_eq!(
+        attrs.get("edge.stream.events").map(String::as_str),
+        Some("2"),
+        "{attrs:?}"
+    );
+    let ttfb: f64 = attrs
+        .get("edge.stream.time_to_first_byte")
+        .and_then(|v| v.parse().ok())
+        .expect("a time to first byte");
+    assert!((0.0..2.0).contains(&ttfb), "{ttfb}");
+}
+
+crate::on_both_paths!(a_stream_span_carries_its_ttfb_events_and_end);
