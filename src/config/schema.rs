@@ -192,7 +192,7 @@ pub struct RawRoute {
     pub auth: Option<Spanned<Str>>,
     #[serde(default)]
     pub sse: bool,
-    pub sse_heartbeat: Option<Dur>,
+    pub sse_heartbeat: Option<Spanned<Dur>>,
     pub timeout: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub cache: Option<Spanned<Str>>,

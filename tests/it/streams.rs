@@ -198,7 +198,9 @@ async fn clean_ends_carry_the_terminating_chunk_and_cuts_do_not(relay: bool) {
     );
     for cut in ["/dies", "/reset", "/idle"] {
         let started = Instant::now();
-        let answer = raw_get(&s.proxy, cut).await;
+        // Kept alive: a cut must close the connection (or the client would wait on).
+        let request = format!("GET {cut} HTTP/1.1\r\nHost: edge\r\n\r\n");
+        let answer = common::raw_request(s.proxy.addr, request.as_bytes()).await;
         assert!(answer.contains("data: first"), "{cut}: {answer:?}");
         assert!(
             !answer.contains("0\r\n\r\n"),
@@ -656,3 +658,55 @@ async fn a_stream_span_carries_its_ttfb_events_and_end(relay: bool) {
 }
 
 crate::on_both_paths!(a_stream_span_carries_its_ttfb_events_and_end);
+
+/// `sse_heartbeat` is checked where it is written: only on `sse` routes, within bounds.
+#[test]
+fn sse_heartbeat_is_validated_at_its_position() {
+    let route = "[upstreams.app]\nservers = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\n\
+                 prefix = \"/\"\nupstream = \"app\"\n";
+    for (extra, needle) in [
+        ("sse_heartbeat = \"15s\"\n", "needs sse = true"),
+        (
+            "sse = true\nsse_heartbeat = \"10ms\"\n",
+            "between 100ms and 1h",
+        ),
+        (
+            "sse = true\nsse_heartbeat = \"2h\"\n",
+            "between 100ms and 1h",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("edge.toml");
+        std::fs::write(&path, format!("{route}{extra}")).expect("config");
+        let out = std::process::Command::new(common::binary())
+            .arg("check")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "accepted: {extra}");
+        let line = extra.lines().count() + 6;
+        let at = format!("{}:{line}:17: ", path.display());
+        assert!(
+            stderr.starts_with(&at) && stderr.contains(needle),
+            "{extra}: {stderr}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edge.toml");
+    let config =
+        format!("[server]\nsse_relay = false\n{route}sse = true\nsse_heartbeat = \"15s\"\n");
+    std::fs::write(&path, config).expect("config");
+    let out = std::process::Command::new(common::binary())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
