@@ -14,8 +14,8 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::client::ClientIdentity;
 use crate::config::AuthConfig;
-use crate::proxy::ClientIdentity;
 use crate::upstream::Upstream;
 
 /// An auth answer body larger than this is not relayed (and the connection not reused).

@@ -17,10 +17,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::proxy::Session;
-use pingora::ErrorType;
 
 use crate::config::GzipConfig;
-use crate::proxy::RequestCtx;
 
 static GZIP: HeaderValue = HeaderValue::from_static("gzip");
 static CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
@@ -40,42 +38,25 @@ pub enum Plan {
     Compress,
 }
 
-/// Decides and rewrites the response header of a proxied response; on [`Plan::Compress`]
-/// the encoder for the body is left in `ctx.gzip`. With gzip off this is one branch.
+/// Decides and rewrites the response header of a proxied response; returns the encoder
+/// for its body when it is to be compressed. With gzip off this is one branch.
 pub fn response_filter(
+    config: &GzipConfig,
     req: &RequestHeader,
     resp: &mut ResponseHeader,
-    ctx: &mut RequestCtx,
-) -> Result<()> {
-    let config = &ctx.snapshot.config.gzip;
-    if !config.enabled || ctx.proxy_route().is_none_or(|r| r.sse) {
-        return Ok(());
+) -> Result<Option<Box<GzipStream>>> {
+    if !config.enabled {
+        return Ok(None);
     }
-    let level = config.level;
     match plan(config, req, resp) {
-        Plan::Untouched => {}
-        Plan::VaryOnly => merge_vary(resp)?,
+        Plan::Untouched => Ok(None),
+        Plan::VaryOnly => merge_vary(resp).map(|()| None),
         Plan::Compress => {
             merge_vary(resp)?;
             start_compressed(resp)?;
-            ctx.gzip = Some(Box::new(GzipStream::new(level)));
+            Ok(Some(Box::new(GzipStream::new(config.level))))
         }
     }
-    Ok(())
-}
-
-/// Compresses one body chunk of a response [`response_filter`] chose to compress.
-pub fn body_filter(
-    body: &mut Option<Bytes>,
-    end_of_stream: bool,
-    ctx: &mut RequestCtx,
-) -> Result<()> {
-    if let Some(stream) = ctx.gzip.as_mut() {
-        stream
-            .filter(body, end_of_stream)
-            .or_err(ErrorType::InternalError, "gzip")?;
-    }
-    Ok(())
 }
 
 /// Holds what is written to the client in the kernel (`TCP_CORK`) while a compressed
@@ -113,7 +94,8 @@ fn set_cork(session: &Session, on: bool) {
     }
 }
 
-/// nginx's gzip rules. The caller has checked that gzip is on and the route is not `sse`.
+/// nginx's gzip rules. The caller has checked that gzip is on and the route is not `sse`
+/// (whose answers get no body stages at all).
 pub fn plan(config: &GzipConfig, req: &RequestHeader, resp: &ResponseHeader) -> Plan {
     if !is_compressible_type(config, resp.headers.get(header::CONTENT_TYPE)) {
         return Plan::Untouched;

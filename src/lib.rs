@@ -5,9 +5,12 @@
 
 pub mod auth;
 pub mod cache;
+mod client;
 pub mod compress;
 pub mod config;
 pub mod healthcheck;
+pub mod metrics;
+mod otlp_wire;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

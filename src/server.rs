@@ -99,7 +99,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
     ));
     if let Some(addr) = metrics_listen {
         // Its own service and socket: not the public port, and not drained with it.
-        server.add_service(telemetry::metrics::service(addr));
+        server.add_service(crate::metrics::service(addr));
     }
 
     tracing::info!(listen = ?listen, tls_listen = ?tls_listen, threads, "astron-edge starting");

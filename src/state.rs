@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::telemetry::metrics::RouteMetrics;
+use crate::metrics::RouteMetrics;
 use crate::upstream::Upstream;
 
 /// A validated config together with the runtime objects built from it.

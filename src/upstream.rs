@@ -16,7 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::{ServerAddr, UpstreamConfig};
-use crate::telemetry::metrics::UpstreamMetrics;
+use crate::metrics::UpstreamMetrics;
 
 /// How often host names are refreshed in the background.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);

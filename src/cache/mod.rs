@@ -17,13 +17,12 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::Session;
 
 pub use store::{Entry, Store};
 
+use crate::client::host_without_port;
 use crate::compress;
 use crate::config::{CacheConfig, CachePolicy, GzipConfig, ProxyRoute};
-use crate::proxy::{add_configured_headers, host_without_port, RequestCtx};
 use store::{IMMUTABLE, X_CACHE};
 
 static MISS: HeaderValue = HeaderValue::from_static("MISS");
@@ -255,30 +254,38 @@ fn list_has(value: &HeaderValue, f: impl Fn(&str) -> bool) -> bool {
     })
 }
 
-/// In `response_filter`: starts capturing a missed response, marks it `X-Cache: MISS`, and
-/// sets the route's cache headers. One branch each when neither applies.
+/// In `response_filter`: starts capturing a missed response (`asset`, dropped when the
+/// answer cannot be stored), marks it `X-Cache: MISS`, and sets the route's cache headers.
+/// One branch each when neither applies.
 pub fn response_filter(
     req: &RequestHeader,
     resp: &mut ResponseHeader,
-    ctx: &mut RequestCtx,
+    asset: &mut Option<Box<Capture>>,
+    policy: Option<CachePolicy>,
 ) -> Result<()> {
-    if let Some(capture) = ctx.asset.as_mut() {
+    if let Some(capture) = asset.as_mut() {
         capture.start(req, resp)?;
         if capture.pending.is_none() {
-            ctx.asset = None;
+            *asset = None;
         }
         resp.insert_header(X_CACHE.clone(), MISS.clone())?;
     }
-    if let Some(policy) = ctx.proxy_route().filter(|r| !r.sse).and_then(|r| r.cache) {
+    if let Some(policy) = policy {
         apply_policy(resp, policy)?;
     }
     Ok(())
 }
 
 /// In `response_body_filter`, before compression: collects the identity body of a missed
-/// response; gives up as soon as it grows past the object cap; stores it at the end.
-pub fn body_filter(body: &Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
-    let Some(capture) = ctx.asset.as_mut() else {
+/// response; gives up as soon as it grows past the object cap; stores it at the end (with
+/// its gzip variant, made by `gzip`'s rules).
+pub fn body_filter(
+    body: &Option<Bytes>,
+    end_of_stream: bool,
+    asset: &mut Option<Box<Capture>>,
+    gzip: &GzipConfig,
+) {
+    let Some(capture) = asset.as_mut() else {
         return;
     };
     let Some(pending) = capture.pending.as_mut() else {
@@ -286,34 +293,34 @@ pub fn body_filter(body: &Option<Bytes>, end_of_stream: bool, ctx: &mut RequestC
     };
     if let Some(chunk) = body {
         if (pending.body.len() + chunk.len()) as u64 > capture.store.object_cap() {
-            ctx.asset = None;
+            *asset = None;
             return;
         }
         pending.body.extend_from_slice(chunk);
     }
     if end_of_stream {
-        if let Some(capture) = ctx.asset.take() {
-            capture.finish(&ctx.snapshot.config.gzip);
+        if let Some(capture) = asset.take() {
+            capture.finish(gzip);
         }
     }
 }
 
-/// Answers a hit: the stored header and body (the gzip variant when the client takes it
-/// and the current config still compresses the type), or `304` to a matching conditional
-/// request; plus `Expires` and the configured response headers.
-pub async fn serve_hit(session: &mut Session, ctx: &mut RequestCtx, entry: &Entry) -> Result<()> {
-    let req = session.req_header();
+/// The answer to a hit: the stored header and body (the gzip variant when the client
+/// takes it and `gzip`, the current config, still compresses the type), or `304` to a
+/// matching conditional request; with `Expires`, and without the headers the route hides
+/// now (a reload may have changed the list). `None` for the body of a `HEAD` or a `304`.
+pub fn hit_answer(
+    req: &RequestHeader,
+    entry: &Entry,
+    gzip: &GzipConfig,
+    hide: &[header::HeaderName],
+) -> Result<(Box<ResponseHeader>, Option<Bytes>)> {
     let head_only = req.method == Method::HEAD;
     let (mut resp, body) = if is_not_modified(req, entry) {
         (Box::new(entry.not_modified.clone()), None)
     } else {
         let variant = match &entry.gzip {
-            Some(gz)
-                if req.method == Method::GET
-                    && gzip_applies(&ctx.snapshot.config.gzip, entry, req) =>
-            {
-                gz
-            }
+            Some(gz) if req.method == Method::GET && gzip_applies(gzip, entry, req) => gz,
             _ => &entry.identity,
         };
         (
@@ -322,19 +329,10 @@ pub async fn serve_hit(session: &mut Session, ctx: &mut RequestCtx, entry: &Entr
         )
     };
     resp.insert_header(header::EXPIRES, expires_in_a_year())?;
-    // hidden by the route as it is now, should a reload have changed the list
-    if let Some(route) = ctx.proxy_route() {
-        for name in &route.hide_response_headers {
-            resp.remove_header(name);
-        }
+    for name in hide {
+        resp.remove_header(name);
     }
-    add_configured_headers(&mut resp, ctx)?;
-    ctx.local_status = Some(resp.status.as_u16());
-    session.write_response_header(resp, body.is_none()).await?;
-    if let Some(body) = body {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    Ok((resp, body))
 }
 
 fn gzip_applies(config: &GzipConfig, entry: &Entry, req: &RequestHeader) -> bool {

@@ -172,6 +172,16 @@ pub struct RouteConfig {
     pub add_response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+impl RouteConfig {
+    /// The route's proxy settings, when it proxies.
+    pub fn proxy(&self) -> Option<&ProxyRoute> {
+        match &self.action {
+            RouteAction::Proxy(proxy) => Some(proxy),
+            RouteAction::Return { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAction {
     Proxy(ProxyRoute),

@@ -8,6 +8,7 @@ use http::{HeaderName, HeaderValue, Uri};
 
 use crate::config::{ProxyRoute, RouteConfig};
 use crate::state::Snapshot;
+use crate::telemetry::{Kind as TelemetryKind, RequestTelemetry, RequestView};
 use crate::upstream::Upstream;
 
 pub struct RequestCtx {
@@ -38,7 +39,7 @@ pub struct RequestCtx {
     /// A missed asset-cache lookup: the response may be captured and stored.
     pub asset: Option<Box<crate::cache::Capture>>,
     /// Metrics handles, timings and the span of this request.
-    pub telemetry: crate::telemetry::RequestTelemetry,
+    pub telemetry: RequestTelemetry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,23 +82,46 @@ impl RequestCtx {
 
     /// The route's proxy settings, when it is a proxied route.
     pub fn proxy_route(&self) -> Option<&ProxyRoute> {
-        match &self.route()?.action {
-            crate::config::RouteAction::Proxy(proxy) => Some(proxy),
-            crate::config::RouteAction::Return { .. } => None,
-        }
+        self.route()?.proxy()
     }
 
     /// Route name for logs and metric labels: bounded whatever the client sends.
     pub fn route_label(&self) -> &str {
-        match (self.kind, self.route()) {
-            (RequestKind::Health, _) => "health",
-            (_, Some(route)) => &route.name,
-            (_, None) => "unmatched",
-        }
+        route_label(self.kind, self.route())
+    }
+
+    /// What telemetry reads of this request, and its own state to update: two borrows of
+    /// different fields, taken together.
+    pub fn telemetry_parts(&mut self) -> (RequestView<'_>, &mut RequestTelemetry) {
+        let route = self.route.map(|i| &self.snapshot.config.routes[i]);
+        let view = RequestView {
+            snapshot: &self.snapshot,
+            route: self.route,
+            label: route_label(self.kind, route),
+            kind: match self.kind {
+                RequestKind::Health => TelemetryKind::Health,
+                RequestKind::Proxied | RequestKind::Detached => TelemetryKind::Proxied,
+                RequestKind::Pending | RequestKind::Local => TelemetryKind::Other,
+            },
+            sse_route: route.and_then(RouteConfig::proxy).is_some_and(|r| r.sse),
+            started: self.started,
+            upstream: self.upstream.as_deref(),
+            peer: self.peer,
+        };
+        (view, &mut self.telemetry)
     }
 
     pub fn upstream_name(&self) -> &str {
         self.upstream.as_ref().map_or("-", |u| u.name.as_str())
+    }
+}
+
+/// Route name for logs and metric labels: `health`, the route's name, or `unmatched`.
+fn route_label(kind: RequestKind, route: Option<&RouteConfig>) -> &str {
+    match (kind, route) {
+        (RequestKind::Health, _) => "health",
+        (_, Some(route)) => &route.name,
+        (_, None) => "unmatched",
     }
 }
 

@@ -25,12 +25,12 @@ use pingora::server::ShutdownWatch;
 use pingora::{ErrorSource, ErrorType};
 
 pub use context::{RequestCtx, RequestKind};
-pub(crate) use forward::host_without_port;
-pub use forward::ClientIdentity;
+
 pub(crate) use respond::add_configured_headers;
 
 use crate::auth::{AuthClient, AuthOutcome};
 use crate::cache::{AssetCache, Entry, Lookup};
+use crate::client::{host_without_port, ClientIdentity};
 use crate::config::RouteAction;
 use crate::routing::normalize_path;
 use crate::state::SharedState;
@@ -177,7 +177,8 @@ impl ProxyHttp for EdgeProxy {
             Decision::Proxy => RequestKind::Proxied,
             Decision::Answer(_) => RequestKind::Local,
         };
-        crate::telemetry::request_started(session, ctx);
+        let (view, telemetry) = ctx.telemetry_parts();
+        crate::telemetry::request_started(session, &view, telemetry);
         let needs_auth = ctx.proxy_route().is_some_and(|r| r.auth.is_some());
         match decision {
             Decision::Proxy if !needs_auth => Ok(self.proxy_on(session, ctx)),
@@ -224,7 +225,7 @@ impl ProxyHttp for EdgeProxy {
             Error::explain(ErrorType::InternalError, "proxied request without upstream")
         })?;
         if ctx.attempts == 0 {
-            crate::telemetry::upstream_started(ctx);
+            crate::telemetry::upstream_started(&mut ctx.telemetry);
             ctx.upstream_addrs = upstream.addresses().await.map_err(|e| {
                 let mut err = Error::because(ErrorType::ConnectNoRoute, "resolving upstream", e);
                 err.esource = ErrorSource::Upstream;
@@ -307,7 +308,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(uri) = ctx.upstream_uri.take() {
             upstream_request.set_uri(uri);
         }
-        crate::telemetry::inject_trace_context(ctx, upstream_request)?;
+        crate::telemetry::inject_trace_context(&ctx.telemetry, upstream_request)?;
         let Some(route) = ctx.proxy_route() else {
             return Ok(());
         };
@@ -342,7 +343,8 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::telemetry::upstream_responded(ctx, upstream_response);
+        let (view, telemetry) = ctx.telemetry_parts();
+        crate::telemetry::upstream_responded(&view, telemetry, upstream_response);
         Ok(())
     }
 
@@ -352,27 +354,32 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(route) = ctx.proxy_route() {
+        // An event stream on any route is never stored nor compressed (SPEC §3).
+        let event_stream = ctx.telemetry.stream().is_some_and(|s| s.is_event_stream());
+        // Fields, not `ctx.proxy_route()`: the route is borrowed beside the body stages.
+        let route = ctx
+            .route
+            .and_then(|i| ctx.snapshot.config.routes[i].proxy());
+        if let Some(route) = route {
             for name in &route.hide_response_headers {
                 response.remove_header(name);
             }
             if route.sse {
                 response.insert_header(header::CACHE_CONTROL, "no-cache")?;
                 response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
+            } else if event_stream {
+                ctx.asset = None;
+            } else {
+                // The body stages (asset cache, gzip): never on a stream.
+                // The asset cache captures the upstream's own header, so it goes first.
+                let req = session.req_header();
+                crate::cache::response_filter(req, response, &mut ctx.asset, route.cache)?;
+                ctx.gzip =
+                    crate::compress::response_filter(&ctx.snapshot.config.gzip, req, response)?;
+                if ctx.gzip.is_some() {
+                    crate::compress::hold_segments(session);
+                }
             }
-        }
-        // An event stream on any route is never stored nor compressed (SPEC §3).
-        let event_stream = ctx.telemetry.stream().is_some_and(|s| s.is_event_stream());
-        if event_stream {
-            ctx.asset = None;
-        }
-        // The asset cache captures the upstream's own header, so it goes before the rest.
-        crate::cache::response_filter(session.req_header(), response, ctx)?;
-        if !event_stream {
-            crate::compress::response_filter(session.req_header(), response, ctx)?;
-        }
-        if ctx.gzip.is_some() {
-            crate::compress::hold_segments(session);
         }
         add_configured_headers(response, ctx)
     }
@@ -388,8 +395,16 @@ impl ProxyHttp for EdgeProxy {
             stream.sent(data);
         }
         // The cache keeps the identity body: capture before compressing.
-        crate::cache::body_filter(body, end_of_stream, ctx);
-        crate::compress::body_filter(body, end_of_stream, ctx)?;
+        crate::cache::body_filter(
+            body,
+            end_of_stream,
+            &mut ctx.asset,
+            &ctx.snapshot.config.gzip,
+        );
+        if let Some(gzip) = ctx.gzip.as_mut() {
+            gzip.filter(body, end_of_stream)
+                .or_err(ErrorType::InternalError, "gzip")?;
+        }
         Ok(None)
     }
 
@@ -414,7 +429,8 @@ impl ProxyHttp for EdgeProxy {
             }),
         };
         let exchange = crate::telemetry::Exchange::Session(session);
-        crate::telemetry::request_finished(&exchange, ctx, status);
+        let (view, telemetry) = ctx.telemetry_parts();
+        crate::telemetry::request_finished(&exchange, &view, telemetry, status);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
@@ -625,7 +641,23 @@ async fn answer_locally(session: &mut Session, ctx: &mut RequestCtx, answer: Ans
                 local_response(session, ctx, *status, body.as_deref()).await?;
             }
         }
-        Answer::CacheHit(entry) => crate::cache::serve_hit(session, ctx, &entry).await?,
+        Answer::CacheHit(entry) => {
+            let hide = ctx
+                .proxy_route()
+                .map_or(&[][..], |r| &r.hide_response_headers);
+            let (mut resp, body) = crate::cache::hit_answer(
+                session.req_header(),
+                &entry,
+                &ctx.snapshot.config.gzip,
+                hide,
+            )?;
+            add_configured_headers(&mut resp, ctx)?;
+            ctx.local_status = Some(resp.status.as_u16());
+            session.write_response_header(resp, body.is_none()).await?;
+            if let Some(body) = body {
+                session.write_response_body(Some(body), true).await?;
+            }
+        }
     }
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! (§6).
 //!
 //! The proxy calls five hooks, one per phase ([`request_started`], [`upstream_started`],
-//! [`inject_trace_context`], [`upstream_responded`], [`request_finished`]); everything they
-//! need between phases lives in [`RequestTelemetry`], a field of the request context.
+//! [`inject_trace_context`], [`upstream_responded`], [`request_finished`]). Each takes what
+//! it reads of the request as a [`RequestView`] and the telemetry's own per-request state,
+//! [`RequestTelemetry`], which the proxy keeps for it between phases; telemetry knows
+//! nothing else of the proxy.
 //! Other modules record through [`metrics`] (auth results, SSE streams, reloads) and
 //! [`traces::auth_span`].
 //!
@@ -15,9 +17,7 @@
 //! Before [`init`] (unit tests) everything is off.
 
 pub mod access_log;
-pub mod metrics;
 mod otlp;
-mod otlp_wire;
 mod settings;
 mod span_queue;
 pub mod stream;
@@ -32,20 +32,20 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::client::{client_ip, X_FORWARDED_FOR};
 use crate::config::{LogFormat, LogTarget, OtlpProtocol};
-use crate::proxy::{RequestCtx, RequestKind};
-use crate::state::SharedState;
+use crate::metrics::{self, InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
+use crate::state::{SharedState, Snapshot};
 use crate::text::IpText;
+use crate::upstream::Upstream;
 use access_log::{AccessLog, Entry};
-use metrics::{InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use otlp::Otlp;
 use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
-pub use metrics::{record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard};
+pub use crate::metrics::{
+    record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard,
+};
 pub use stream::{Stream, StreamEnd};
-
-static X_FORWARDED_FOR: http::header::HeaderName =
-    http::header::HeaderName::from_static("x-forwarded-for");
 
 /// How long the exit may wait for the last access-log lines and OTLP exports.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -198,55 +198,81 @@ impl RequestTelemetry {
     }
 }
 
-/// `request_filter`, once `ctx.kind` and the route are known: the in-flight gauge, and
-/// for proxied requests the SERVER span (a child of the client's `traceparent`).
-pub fn request_started(session: &Session, ctx: &mut RequestCtx) {
+/// What telemetry reads of a request: the proxy's answer to "which request is this".
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The config the request runs on.
+    pub snapshot: &'a Snapshot,
+    /// Index into `snapshot.config.routes`, once matched (`None` for health probes too).
+    pub route: Option<usize>,
+    /// The route label of logs and metrics: bounded whatever the client sends.
+    pub label: &'a str,
+    pub kind: Kind,
+    /// The matched route is an `sse` route.
+    pub sse_route: bool,
+    /// When the request arrived.
+    pub started: Instant,
+    pub upstream: Option<&'a Upstream>,
+    /// The upstream address the request went to.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+/// What kind of request it is, as far as telemetry cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A health probe: counted, never logged nor traced.
+    Health,
+    /// Proxied to an upstream: gets a span.
+    Proxied,
+    /// Answered by the proxy itself (or not yet decided).
+    Other,
+}
+
+/// `request_filter`, once the kind and the route are known: the in-flight gauge, and for
+/// proxied requests the SERVER span (a child of the client's `traceparent`).
+pub fn request_started(session: &Session, view: &RequestView<'_>, tel: &mut RequestTelemetry) {
     let prometheus = metrics::requests_counted();
     let otlp = otlp_pipeline();
     if !prometheus && otlp.is_none() {
         return;
     }
-    let route = route_metrics(ctx);
-    ctx.telemetry.client = client_ip(session);
-    if let (Some(otlp), RequestKind::Proxied) = (otlp, ctx.kind) {
+    let route = route_metrics(view);
+    tel.client = client_ip(session);
+    if let (Some(otlp), Kind::Proxied) = (otlp, view.kind) {
         let span = ServerSpan::start(otlp, &session.req_header().headers);
-        ctx.telemetry.span = Some(Box::new(span));
+        tel.span = Some(Box::new(span));
     }
     if prometheus {
-        ctx.telemetry.in_flight = Some(route.clone().enter());
+        tel.in_flight = Some(route.clone().enter());
     }
-    ctx.telemetry.route = Some(route);
+    tel.route = Some(route);
 }
 
 /// The handles of the request's route label; a matched route's are kept in the config
 /// snapshot.
-fn route_metrics(ctx: &RequestCtx) -> Arc<RouteMetrics> {
-    let kept = match (ctx.kind, ctx.route) {
-        (RequestKind::Health, _) => None,
-        (_, route) => route.and_then(|i| ctx.snapshot.route_metrics.get(i)),
+fn route_metrics(view: &RequestView<'_>) -> Arc<RouteMetrics> {
+    let kept = match (view.kind, view.route) {
+        (Kind::Health, _) => None,
+        (_, route) => route.and_then(|i| view.snapshot.route_metrics.get(i)),
     };
     match kept {
-        Some(slot) => slot
-            .get_or_init(|| metrics::route(ctx.route_label()))
-            .clone(),
-        None => metrics::route(ctx.route_label()),
+        Some(slot) => slot.get_or_init(|| metrics::route(view.label)).clone(),
+        None => metrics::route(view.label),
     }
 }
 
 /// `upstream_peer`: the upstream exchange starts (kept from the first attempt).
-pub fn upstream_started(ctx: &mut RequestCtx) {
-    ctx.telemetry
-        .upstream_started
-        .get_or_insert_with(Instant::now);
+pub fn upstream_started(tel: &mut RequestTelemetry) {
+    tel.upstream_started.get_or_insert_with(Instant::now);
 }
 
 /// `upstream_request_filter`: the proxy's own `traceparent` (and `tracestate`) replace the
 /// client's, so the upstream's spans are children of the proxy's span.
 pub fn inject_trace_context(
-    ctx: &RequestCtx,
+    tel: &RequestTelemetry,
     upstream_request: &mut RequestHeader,
 ) -> pingora::Result<()> {
-    if let Some(span) = &ctx.telemetry.span {
+    if let Some(span) = &tel.span {
         let cx = span.context();
         // a `&'static str` name: Pingora keeps it as the header's case without a copy
         upstream_request.insert_header("traceparent", cx.traceparent())?;
@@ -265,13 +291,15 @@ pub fn inject_trace_context(
 /// `upstream_response_filter`: the upstream answered with `response`. A 2xx on an `sse`
 /// route, or an event stream on any route, is a stream (counted in
 /// `edge_sse_streams_active` and reported as one when it ends).
-pub fn upstream_responded(ctx: &mut RequestCtx, response: &pingora::http::ResponseHeader) {
-    let status = response.status.as_u16();
-    ctx.telemetry.upstream_status = Some(status);
+pub fn upstream_responded(
+    view: &RequestView<'_>,
+    tel: &mut RequestTelemetry,
+    response: &pingora::http::ResponseHeader,
+) {
+    tel.upstream_status = Some(response.status.as_u16());
     let event_stream = stream::is_event_stream(&response.headers);
-    if event_stream || (response.status.is_success() && ctx.proxy_route().is_some_and(|r| r.sse)) {
-        let opened = Stream::open(ctx.route_label(), event_stream);
-        ctx.telemetry.stream = Some(Box::new(opened));
+    if event_stream || (response.status.is_success() && view.sse_route) {
+        tel.stream = Some(Box::new(Stream::open(view.label, event_stream)));
     }
 }
 
@@ -393,14 +421,19 @@ fn reported_copy(req: &RequestHeader) -> pingora::Result<RequestHeader> {
 /// `logging`, once per request at its very end (SSE: when the stream ends): metrics,
 /// access-log line, span. `status` is what the client got (499 when it left first).
 /// With every kind of telemetry off it returns after three loads.
-pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u16) {
-    let in_flight = ctx.telemetry.in_flight.take();
-    let stream = ctx.telemetry.stream.take().map(|s| s.report(ctx.started));
-    let span = ctx.telemetry.span.take();
+pub fn request_finished(
+    exchange: &Exchange<'_>,
+    view: &RequestView<'_>,
+    tel: &mut RequestTelemetry,
+    status: u16,
+) {
+    let in_flight = tel.in_flight.take();
+    let stream = tel.stream.take().map(|s| s.report(view.started));
+    let span = tel.span.take();
     let prometheus = metrics::requests_counted();
     let otlp = otlp_pipeline();
     let logs =
-        ctx.kind != RequestKind::Health && ctx.snapshot.config.access_log.target != LogTarget::Off;
+        view.kind != Kind::Health && view.snapshot.config.access_log.target != LogTarget::Off;
     let access_log = global().filter(|_| logs).map(|t| &t.access_log);
     if !prometheus && otlp.is_none() && access_log.is_none() {
         return;
@@ -410,10 +443,9 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
     let finished = Finished {
         method: MethodLabel::of(&req.method),
         status,
-        elapsed: now.saturating_duration_since(ctx.started),
+        elapsed: now.saturating_duration_since(view.started),
         body_bytes: exchange.body_bytes(),
-        upstream_time: ctx
-            .telemetry
+        upstream_time: tel
             .upstream_started
             .map(|t| now.saturating_duration_since(t)),
         at: SystemTime::now(),
@@ -422,7 +454,7 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
     let traced = span.is_some() && otlp.is_some();
     let (headers, client) = if access_log.is_some() || traced {
         // known since request_filter unless only the access log is on
-        let client = ctx.telemetry.client.or_else(|| exchange.client());
+        let client = tel.client.or_else(|| exchange.client());
         (ReportedHeaders::of(&req.headers), client.map(IpText::new))
     } else {
         (ReportedHeaders::default(), None)
@@ -434,19 +466,18 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
             client,
             span: span.as_deref(),
         };
-        write_log_line(req, ctx, &finished, &line, access_log);
+        write_log_line(req, view, &finished, &line, access_log);
     }
     if prometheus || otlp.is_some() {
-        let route = match ctx.telemetry.route.take() {
+        let route = match tel.route.take() {
             Some(route) => route,
-            None => route_metrics(ctx),
+            None => route_metrics(view),
         };
-        let upstream = ctx
+        let upstream = view
             .upstream
-            .as_ref()
             .map(|u| u.metrics.get_or_init(|| metrics::upstream(&u.name)).clone());
         record_metrics(
-            ctx,
+            tel.upstream_status,
             &route,
             upstream.as_deref(),
             &finished,
@@ -461,7 +492,7 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
                 host: host(req, headers.host),
                 user_agent: headers.user_agent.and_then(|v| std::str::from_utf8(v).ok()),
                 status,
-                upstream: ctx
+                upstream: view
                     .peer
                     .zip(upstream.as_deref())
                     .map(|(peer, u)| u.peer_name(peer)),
@@ -474,7 +505,7 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
 
 /// Prometheus (when its listener is on) and OTLP metrics of a finished request.
 fn record_metrics(
-    ctx: &RequestCtx,
+    upstream_status: Option<u16>,
     route: &RouteMetrics,
     upstream: Option<&UpstreamMetrics>,
     f: &Finished,
@@ -485,7 +516,8 @@ fn record_metrics(
     if prometheus {
         route.request_finished(f.method, f.status, seconds, f.body_bytes);
         if let Some(stream) = &f.stream {
-            route.stream_finished(stream, seconds);
+            let ttfb = stream.time_to_first_byte.map(|t| t.as_secs_f64());
+            route.stream_finished(stream.end.as_str(), ttfb, seconds, stream.events);
         }
     }
     if let Some(otlp) = otlp {
@@ -496,10 +528,7 @@ fn record_metrics(
     };
     // No upstream answer: a 502/504 is the upstream's failure; anything else (the client
     // left first) says nothing about the upstream.
-    let upstream_status = ctx
-        .telemetry
-        .upstream_status
-        .or(matches!(f.status, 502 | 504).then_some(f.status));
+    let upstream_status = upstream_status.or(matches!(f.status, 502 | 504).then_some(f.status));
     let Some(upstream_status) = upstream_status else {
         return;
     };
@@ -521,13 +550,13 @@ struct LineParts<'a> {
 
 fn write_log_line(
     req: &RequestHeader,
-    ctx: &RequestCtx,
+    view: &RequestView<'_>,
     f: &Finished,
     parts: &LineParts<'_>,
     access_log: &AccessLog,
 ) {
     let headers = parts.headers;
-    let format = ctx.snapshot.config.access_log.format;
+    let format = view.snapshot.config.access_log.format;
     let entry = Entry {
         remote_addr: parts.client,
         authorization: headers.authorization,
@@ -541,8 +570,8 @@ fn write_log_line(
         x_forwarded_for: headers.x_forwarded_for,
         request_time: f.elapsed,
         upstream_response_time: f.upstream_time,
-        upstream_addr: ctx.peer,
-        route: ctx.route_label(),
+        upstream_addr: view.peer,
+        route: view.label,
         // Only the JSON format has the field.
         trace_id: parts
             .span
@@ -551,14 +580,6 @@ fn write_log_line(
         stream: f.stream,
     };
     access_log.log(format, &entry, f.at);
-}
-
-/// The client's IP address, when it came over TCP.
-pub fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
 }
 
 /// `server.address`: the host the client asked for (`header`: its `Host`), without the port.

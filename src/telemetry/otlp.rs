@@ -23,12 +23,12 @@ use opentelemetry_sdk::resource::{
 use opentelemetry_sdk::Resource;
 use tokio::runtime::Handle;
 
-use super::metrics::DURATION_BUCKETS;
-use super::otlp_wire::{encode_span, Attributes, Envelope, SpanHead};
 use super::settings::OtlpSettings;
 use super::span_queue::{BatchSettings, SpanQueue};
 use super::trace_export::TraceExporter;
 use crate::config::OtlpProtocol;
+use crate::metrics::DURATION_BUCKETS;
+use crate::otlp_wire::{encode_span, Attributes, Envelope, SpanHead};
 
 /// Instrumentation scope of every span and instrument.
 const SCOPE: &str = "astron-edge";

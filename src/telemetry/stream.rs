@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderMap};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::metrics::{self, SseStreamGuard};
+use crate::metrics::{self, SseStreamGuard};
 
 /// How a stream ended: the `end` label of `edge_sse_streams_total`, the log's `stream_end`
-/// and the span's `edge.stream.end`.
+/// and the span's `edge.stream.end`. In the order of [`metrics::STREAM_ENDS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
     /// The upstream's own clean end reached the client.
@@ -30,22 +30,9 @@ pub enum StreamEnd {
 }
 
 impl StreamEnd {
-    pub const ALL: [StreamEnd; 5] = [
-        StreamEnd::Complete,
-        StreamEnd::ClientClosed,
-        StreamEnd::UpstreamError,
-        StreamEnd::IdleTimeout,
-        StreamEnd::Shutdown,
-    ];
-
+    /// The label value, one of [`metrics::STREAM_ENDS`].
     pub fn as_str(self) -> &'static str {
-        match self {
-            StreamEnd::Complete => "complete",
-            StreamEnd::ClientClosed => "client_closed",
-            StreamEnd::UpstreamError => "upstream_error",
-            StreamEnd::IdleTimeout => "idle_timeout",
-            StreamEnd::Shutdown => "shutdown",
-        }
+        metrics::STREAM_ENDS[self as usize]
     }
 
     /// What a failed request's error says of how its stream ended (Pingora's pipeline,
@@ -247,6 +234,15 @@ mod tests {
         assert!(report.time_to_first_byte.is_some());
         assert_eq!(report.events, 1);
         assert_eq!(report.end, StreamEnd::IdleTimeout);
+    }
+
+    #[test]
+    fn end_labels_follow_the_variants() {
+        assert_eq!(StreamEnd::Complete.as_str(), "complete");
+        assert_eq!(StreamEnd::ClientClosed.as_str(), "client_closed");
+        assert_eq!(StreamEnd::UpstreamError.as_str(), "upstream_error");
+        assert_eq!(StreamEnd::IdleTimeout.as_str(), "idle_timeout");
+        assert_eq!(StreamEnd::Shutdown.as_str(), "shutdown");
     }
 
     #[test]

@@ -22,9 +22,9 @@ use opentelemetry::trace::TraceState;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::metrics::AuthResult;
 use super::otlp::Otlp;
-use super::otlp_wire::{Attributes, Naming, SpanHead, SpanKind};
+use crate::metrics::AuthResult;
+use crate::otlp_wire::{Attributes, Naming, SpanHead, SpanKind};
 use crate::text::{self, IpText};
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

@@ -4,7 +4,7 @@
 use crate::common;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, full, Backend, Proxy, Recorded};
+use crate::common::{free_port, full, Backend, Proxy, Recorded, Route, TestConfig};
 use hyper::Response;
 
 const AUTH_PATH: &str = "/internal/gateway/auth/workflow";
@@ -57,34 +57,35 @@ async fn workflow_service() -> Backend {
     .await
 }
 
-fn config(auth_addr: &str, workflow: &Backend) -> String {
-    format!(
-        r#"
-[access_log]
-path = "off"
-[upstreams.hub]
-servers = ["{auth_addr}"]
-[upstreams.workflow]
-servers = ["{workflow}"]
-[auth.gateway]
-upstream = "hub"
-path = "{AUTH_PATH}"
-timeout = "1s"
-forward_headers = ["Authorization"]
-copy_headers = ["X-Consumer-Username", "X-Workflow-Gateway-Timestamp", "X-Workflow-Gateway-Signature"]
-[[routes]]
-name = "workflow-chat"
-exact = "/workflow/v1/chat/completions"
-upstream = "workflow"
-auth = "gateway"
-sse = true
-set_request_headers = {{ "X-Workflow-Internal-Key" = "" }}
-hide_response_headers = ["X-Consumer-Username", "X-Workflow-Gateway-Timestamp",
-                         "X-Workflow-Gateway-Signature", "X-Workflow-Internal-Key"]
-"#,
-        workflow = workflow.addr
-    )
+fn config(auth_addr: &str, workflow: &Backend) -> TestConfig {
+    let no_internal_key = toml::Table::from_iter([("X-Workflow-Internal-Key".into(), "".into())]);
+    TestConfig::new()
+        .upstream("hub", [auth_addr])
+        .upstream("workflow", [workflow.addr])
+        .set("auth.gateway.upstream", "hub")
+        .set("auth.gateway.path", AUTH_PATH)
+        .set("auth.gateway.timeout", "1s")
+        .set("auth.gateway.forward_headers", vec!["Authorization"])
+        .set("auth.gateway.copy_headers", IDENTITY.to_vec())
+        .route(
+            Route::exact("workflow-chat", "/workflow/v1/chat/completions")
+                .to("workflow")
+                .set("auth", "gateway")
+                .set("sse", true)
+                .set("set_request_headers", no_internal_key)
+                .set(
+                    "hide_response_headers",
+                    [&IDENTITY[..], &["X-Workflow-Internal-Key"]].concat(),
+                ),
+        )
 }
+
+/// The identity headers the gateway's auth answer carries.
+const IDENTITY: [&str; 3] = [
+    "X-Consumer-Username",
+    "X-Workflow-Gateway-Timestamp",
+    "X-Workflow-Gateway-Signature",
+];
 
 struct Setup {
     auth: Backend,
@@ -95,7 +96,7 @@ struct Setup {
 async fn setup() -> Setup {
     let auth = auth_service().await;
     let workflow = workflow_service().await;
-    let proxy = Proxy::start(&config(&auth.addr.to_string(), &workflow));
+    let proxy = Proxy::with(&config(&auth.addr.to_string(), &workflow));
     Setup {
         auth,
         workflow,
@@ -256,7 +257,7 @@ async fn auth_timeout_is_500_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_service_down_is_500() {
     let workflow = workflow_service().await;
-    let proxy = Proxy::start(&config(&format!("127.0.0.1:{}", free_port()), &workflow));
+    let proxy = Proxy::with(&config(&format!("127.0.0.1:{}", free_port()), &workflow));
     let resp = chat(&proxy, "Bearer good").await;
     assert_eq!(resp.status(), 500);
     assert_eq!(workflow.count(), 0);

@@ -6,7 +6,9 @@ use crate::common;
 use std::io::Read;
 use std::time::Duration;
 
-use crate::common::{channel_body, client, full, Backend, Fetched, Proxy, Recorded};
+use crate::common::{
+    channel_body, client, full, Backend, Fetched, Proxy, Recorded, Route, TestConfig,
+};
 use bytes::Bytes;
 use hyper::Response;
 
@@ -80,35 +82,20 @@ async fn backend() -> Backend {
 }
 
 fn start(backend: &Backend) -> Proxy {
-    let types: Vec<String> = TYPES[..7].iter().map(|t| format!("\"{t}\"")).collect();
-    Proxy::start(&format!(
-        r#"
-[access_log]
-path = "off"
-
-[gzip]
-enabled = true
-min_length = 1000
-level = 6
-types = [{types}]
-
-[upstreams.app]
-servers = ["{addr}"]
-
-[[routes]]
-name = "events"
-prefix = "/events/"
-upstream = "app"
-sse = true
-
-[[routes]]
-name = "all"
-prefix = "/"
-upstream = "app"
-"#,
-        types = types.join(", "),
-        addr = backend.addr
-    ))
+    Proxy::with(
+        &TestConfig::new()
+            .set("gzip.enabled", true)
+            .set("gzip.min_length", 1000)
+            .set("gzip.level", 6)
+            .set("gzip.types", TYPES[..7].to_vec())
+            .upstream("app", [backend.addr])
+            .route(
+                Route::prefix("events", "/events/")
+                    .to("app")
+                    .set("sse", true),
+            )
+            .route(Route::prefix("all", "/").to("app")),
+    )
 }
 
 /// `method path` with the given `Accept-Encoding`, if any.

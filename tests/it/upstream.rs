@@ -2,31 +2,27 @@
 //! server, upstreams that appear after the proxy, 413 both ways, malformed requests.
 
 use crate::common;
+use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, raw_request, text_response, Backend, Proxy};
+use crate::common::{free_port, raw_request, text_response, Backend, Proxy, Route, TestConfig};
 
-fn proxied(servers: &str, route_extra: &str) -> String {
-    format!(
-        r#"
-[access_log]
-path = "off"
-[response_headers]
-"X-Frame-Options" = "SAMEORIGIN"
-[upstreams.app]
-servers = [{servers}]
-connect_timeout = "2s"
-[[routes]]
-name = "app-route"
-prefix = "/"
-upstream = "app"
-{route_extra}
-"#
-    )
+/// The upstream `app` on `servers` behind `route`, with a security header on every answer.
+fn proxied<A: Display>(servers: impl IntoIterator<Item = A>, route: Route) -> TestConfig {
+    TestConfig::new()
+        .set("response_headers.X-Frame-Options", "SAMEORIGIN")
+        .upstream("app", servers)
+        .set("upstreams.app.connect_timeout", "2s")
+        .route(route)
+}
+
+/// The route every test here uses; `sse` picks the way to the upstream.
+fn app_route(sse: bool) -> Route {
+    Route::prefix("app-route", "/").to("app").set("sse", sse)
 }
 
 /// Both ways a request reaches its upstream: Pingora's pipeline, and the relay of SSE routes.
-const ROUTE_KINDS: [&str; 2] = ["", "sse = true"];
+const SSE_OR_NOT: [bool; 2] = [false, true];
 
 fn status_of(answer: &str) -> u16 {
     answer
@@ -38,23 +34,26 @@ fn status_of(answer: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_port_is_502_with_one_error_line() {
-    for kind in ROUTE_KINDS {
+    for sse in SSE_OR_NOT {
         let port = free_port();
-        let proxy = Proxy::start(&proxied(&format!("\"127.0.0.1:{port}\""), kind));
+        let proxy = Proxy::with(&proxied([format!("127.0.0.1:{port}")], app_route(sse)));
         let resp = common::client()
             .get(proxy.url("/x"))
             .send()
             .await
             .expect("request");
-        assert_eq!(resp.status(), 502, "{kind}");
+        assert_eq!(resp.status(), 502, "sse={sse}");
         assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
         assert_eq!(resp.headers()["x-frame-options"], "SAMEORIGIN");
         let body = resp.text().await.expect("body");
-        assert!(body.len() < 64 && body.contains("502"), "{kind}: {body:?}");
+        assert!(
+            body.len() < 64 && body.contains("502"),
+            "sse={sse}: {body:?}"
+        );
         let found = proxy.logged_error(&["app-route", "app"]).await;
         assert!(
             found,
-            "{kind}: no error line with route and upstream: {}",
+            "sse={sse}: no error line with route and upstream: {}",
             proxy.stderr()
         );
         let lines = proxy
@@ -62,7 +61,7 @@ async fn closed_port_is_502_with_one_error_line() {
             .lines()
             .filter(|l| l.contains("ERROR"))
             .count();
-        assert_eq!(lines, 1, "{kind}: {}", proxy.stderr());
+        assert_eq!(lines, 1, "sse={sse}: {}", proxy.stderr());
     }
 }
 
@@ -73,10 +72,10 @@ async fn slow_upstream_is_504_at_the_route_timeout() {
         text_response(200, "late")
     })
     .await;
-    for kind in ROUTE_KINDS {
-        let proxy = Proxy::start(&proxied(
-            &format!("\"{}\"", backend.addr),
-            &format!("timeout = \"1s\"\n{kind}"),
+    for sse in SSE_OR_NOT {
+        let proxy = Proxy::with(&proxied(
+            [backend.addr],
+            app_route(sse).set("timeout", "1s"),
         ));
         let started = Instant::now();
         let resp = common::client()
@@ -84,11 +83,11 @@ async fn slow_upstream_is_504_at_the_route_timeout() {
             .send()
             .await
             .expect("request");
-        assert_eq!(resp.status(), 504, "{kind}");
+        assert_eq!(resp.status(), 504, "sse={sse}");
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_secs(4),
-            "{kind}: {took:?}"
+            "sse={sse}: {took:?}"
         );
     }
 }
@@ -97,10 +96,10 @@ async fn slow_upstream_is_504_at_the_route_timeout() {
 async fn refused_connection_retries_the_next_server() {
     let backend = Backend::echo().await;
     let dead = free_port();
-    for kind in ROUTE_KINDS {
-        let proxy = Proxy::start(&proxied(
-            &format!("\"127.0.0.1:{dead}\", \"{}\"", backend.addr),
-            kind,
+    for sse in SSE_OR_NOT {
+        let proxy = Proxy::with(&proxied(
+            [format!("127.0.0.1:{dead}"), backend.addr.to_string()],
+            app_route(sse),
         ));
         for i in 0..6 {
             let resp = common::client()
@@ -108,7 +107,7 @@ async fn refused_connection_retries_the_next_server() {
                 .send()
                 .await
                 .expect("request");
-            assert_eq!(resp.status(), 200, "{kind}: request {i}");
+            assert_eq!(resp.status(), 200, "sse={sse}: request {i}");
         }
     }
     assert_eq!(backend.count(), 12);
@@ -118,7 +117,7 @@ async fn refused_connection_retries_the_next_server() {
 async fn round_robin_spreads_requests() {
     let a = Backend::echo().await;
     let b = Backend::echo().await;
-    let proxy = Proxy::start(&proxied(&format!("\"{}\", \"{}\"", a.addr, b.addr), ""));
+    let proxy = Proxy::with(&proxied([a.addr, b.addr], app_route(false)));
     for _ in 0..10 {
         let resp = common::client()
             .get(proxy.url("/"))
@@ -134,7 +133,7 @@ async fn round_robin_spreads_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_that_starts_later_is_served_without_restart() {
     let port = free_port();
-    let proxy = Proxy::start(&proxied(&format!("\"localhost:{port}\""), ""));
+    let proxy = Proxy::with(&proxied([format!("localhost:{port}")], app_route(false)));
     let resp = common::client()
         .get(proxy.url("/early"))
         .send()
@@ -154,48 +153,32 @@ async fn upstream_that_starts_later_is_served_without_restart() {
     assert_eq!(backend.last().uri, "/late");
 }
 
-/// Adds a host name to /etc/hosts for the duration of a test (the only way to make a
-/// name start resolving mid-test without a DNS server); removed again on drop.
-struct HostsEntry {
-    line: String,
-}
-
-impl HostsEntry {
-    fn add(name: &str) -> Option<HostsEntry> {
-        use std::io::Write;
-        let line = format!("127.0.0.1 {name}\n");
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open("/etc/hosts")
-            .ok()?;
-        file.write_all(line.as_bytes()).ok()?;
-        Some(HostsEntry { line })
-    }
-}
-
-impl Drop for HostsEntry {
-    fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string("/etc/hosts") {
-            let _ = std::fs::write("/etc/hosts", text.replace(&self.line, ""));
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unresolvable_name_is_followed_once_it_resolves() {
     let backend = Backend::echo().await;
     let name = format!("astron-edge-late-{}.test", std::process::id());
-    let proxy = Proxy::start(&proxied(&format!("\"{name}:{}\"", backend.addr.port()), ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("hosts file");
+    let config = proxied(
+        [format!("{name}:{}", backend.addr.port())],
+        app_route(false),
+    );
+    let Some(proxy) = Proxy::start_with_hosts(&config, &hosts) else {
+        return;
+    };
     let resp = common::client()
         .get(proxy.url("/before"))
         .send()
         .await
         .expect("request");
     assert_eq!(resp.status(), 502, "an unresolvable upstream is a 502");
-    let Some(_entry) = HostsEntry::add(&name) else {
-        eprintln!("SKIP: /etc/hosts is not writable here; the port-based variant still runs");
-        return;
-    };
+    // Appended in place: the bind mount follows the file's inode, not its name.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&hosts)
+        .expect("open hosts");
+    std::io::Write::write_all(&mut file, format!("127.0.0.1 {name}\n").as_bytes()).expect("append");
     let resp = common::client()
         .get(proxy.url("/after"))
         .send()
@@ -208,10 +191,9 @@ async fn unresolvable_name_is_followed_once_it_resolves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_over_the_limit_is_413_before_the_upstream() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&format!(
-        "client_max_body_size = \"1k\"\n{}",
-        proxied(&format!("\"{}\"", backend.addr), "")
-    ));
+    let proxy = Proxy::with(
+        &proxied([backend.addr], app_route(false)).set("server.client_max_body_size", "1k"),
+    );
     let answer = raw_request(
         proxy.addr,
         b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n",
@@ -233,10 +215,9 @@ async fn content_length_over_the_limit_is_413_before_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_growing_past_the_limit_is_413_and_never_complete_upstream() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&format!(
-        "client_max_body_size = \"1k\"\n{}",
-        proxied(&format!("\"{}\"", backend.addr), "")
-    ));
+    let proxy = Proxy::with(
+        &proxied([backend.addr], app_route(false)).set("server.client_max_body_size", "1k"),
+    );
     let mut request =
         b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..4 {
@@ -253,7 +234,7 @@ async fn chunked_body_growing_past_the_limit_is_413_and_never_complete_upstream(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_400_and_reach_no_upstream() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&proxied(&format!("\"{}\"", backend.addr), ""));
+    let proxy = Proxy::with(&proxied([backend.addr], app_route(false)));
     let bad: [&[u8]; 4] = [
         b"GET / HTTP/1.1\r\nHost: t\r\nBad Header Line\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n",

@@ -121,7 +121,7 @@ fn relay(
         let client_ip = ctx
             .telemetry
             .client()
-            .or_else(|| telemetry::client_ip(&session));
+            .or_else(|| crate::client::client_ip(&session));
         let status = opened.status;
         let (end, sent, next) = match Box::pin(take_apart(session, opened.outgoing)).await {
             Ok((client, settings)) => {
@@ -161,7 +161,8 @@ fn relay(
             client: client_ip,
             body_bytes: sent,
         };
-        telemetry::request_finished(&exchange, &mut ctx, status);
+        let (view, telemetry) = ctx.telemetry_parts();
+        telemetry::request_finished(&exchange, &view, telemetry, status);
         drop(ctx);
         if let Some(next) = next {
             Box::pin(serve_next(&proxy, next)).await;

@@ -22,6 +22,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+mod config;
+pub use config::{Route, TestConfig};
+
 pub type Body = BoxBody<Bytes, Infallible>;
 type BoxFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 type Handler = Arc<dyn Fn(Recorded) -> BoxFuture + Send + Sync>;
@@ -226,12 +229,52 @@ impl Proxy {
         Proxy::start(&format!("sse_relay = {relay}\n{body}"))
     }
 
+    /// Starts `config` with a listener on a free port, 2 threads and a 2 s grace period.
+    pub fn with(config: &TestConfig) -> Proxy {
+        Proxy::start_on_free_port(
+            |port| {
+                let config = config
+                    .clone()
+                    .set("server.listen", vec![format!("127.0.0.1:{port}")])
+                    .set("server.threads", 2)
+                    .set("server.grace_period", "2s");
+                (config.render(), Vec::new())
+            },
+            &[],
+        )
+    }
+
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Proxy {
-        let port = free_port();
-        let config = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\ngrace_period = \"2s\"\n{body}"
-        );
-        Proxy::start_raw(&config, port, env)
+        Proxy::start_on_free_port(
+            |port| {
+                let config = format!(
+                "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\ngrace_period = \"2s\"\n{body}"
+            );
+                (config, Vec::new())
+            },
+            env,
+        )
+    }
+
+    /// Starts the config `make` builds for a free port (and its extra environment); when
+    /// another process took a port between `free_port` and the proxy's bind, tries again
+    /// with new ports (a few times) instead of failing the test.
+    fn start_on_free_port(
+        make: impl Fn(u16) -> (String, Vec<(&'static str, String)>),
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        let mut attempts = 0;
+        loop {
+            let port = free_port();
+            let (config, extra) = make(port);
+            let mut all: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            all.extend_from_slice(env);
+            match Proxy::try_start_raw(&config, port, &all, None) {
+                Ok(proxy) => return proxy,
+                Err(stderr) if stderr.contains("in use") && attempts < 3 => attempts += 1,
+                Err(stderr) => panic!("astron-edge did not start: {stderr}"),
+            }
+        }
     }
 
     /// Starts the shipped `conf/astron-edge.toml` on a free port, its metrics listener on
@@ -242,16 +285,17 @@ impl Proxy {
             "/conf/astron-edge.toml"
         ))
         .expect("shipped config");
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let mut all = vec![
-            ("EDGE_LISTEN", listen.as_str()),
-            ("EDGE_METRICS_LISTEN", metrics.as_str()),
-            ("EDGE_ACCESS_LOG", "off"),
-        ];
-        all.extend_from_slice(env);
-        Proxy::start_raw(&config, port, &all)
+        Proxy::start_on_free_port(
+            |port| {
+                let extra = vec![
+                    ("EDGE_LISTEN", format!("127.0.0.1:{port}")),
+                    ("EDGE_METRICS_LISTEN", format!("127.0.0.1:{}", free_port())),
+                    ("EDGE_ACCESS_LOG", "off".to_owned()),
+                ];
+                (config.clone(), extra)
+            },
+            env,
+        )
     }
 
     /// The shipped config with every upstream on one backend.
@@ -267,12 +311,67 @@ impl Proxy {
 
     /// Starts with a complete config whose listener is `127.0.0.1:{port}`.
     pub fn start_raw(config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
+        Proxy::try_start_raw(config, port, env, None)
+            .unwrap_or_else(|stderr| panic!("astron-edge did not start: {stderr}"))
+    }
+
+    /// [`Proxy::start`] with `hosts` as the proxy's `/etc/hosts`: the proxy runs in a mount
+    /// namespace of its own (`unshare -m`) where the file is bind-mounted over `/etc/hosts`,
+    /// so a test can make a name resolve mid-test by appending to it, without touching the
+    /// machine's file. `None` (the test skips) where namespaces are not allowed; under CI
+    /// that fails the test instead.
+    pub fn start_with_hosts(config: &TestConfig, hosts: &Path) -> Option<Proxy> {
+        let allowed = Command::new("unshare")
+            .args(["-m", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !allowed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "unshare -m is not allowed here (needs root or CAP_SYS_ADMIN)"
+            );
+            eprintln!("SKIPPED: unshare -m is not allowed here");
+            return None;
+        }
+        let port = free_port();
+        let config = config
+            .clone()
+            .set("server.listen", vec![format!("127.0.0.1:{port}")])
+            .render();
+        Some(
+            Proxy::try_start_raw(&config, port, &[], Some(hosts))
+                .unwrap_or_else(|stderr| panic!("astron-edge did not start: {stderr}")),
+        )
+    }
+
+    /// [`Proxy::start_raw`], or the proxy's stderr when it exited or never became ready.
+    fn try_start_raw(
+        config: &str,
+        port: u16,
+        env: &[(&str, &str)],
+        hosts: Option<&Path>,
+    ) -> Result<Proxy, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("astron-edge.toml");
         std::fs::write(&config_path, config).expect("write config");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match hosts {
+            None => Command::new(binary()),
+            Some(hosts) => {
+                let mut cmd = Command::new("unshare");
+                cmd.args([
+                    "-m",
+                    "sh",
+                    "-c",
+                    r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+                ])
+                .arg(hosts)
+                .arg(binary());
+                cmd
+            }
+        };
         cmd.arg("run")
             .arg("-c")
             .arg(&config_path)
@@ -291,22 +390,24 @@ impl Proxy {
             dir,
             config_path,
         };
-        proxy.wait_ready();
-        proxy
+        proxy.wait_ready()?;
+        Ok(proxy)
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits (bounded) until `/health` answers; the proxy's stderr when it exited first or
+    /// never answered.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("astron-edge exited early ({status}): {}", self.stderr());
+                return Err(format!("exited early ({status}): {}", self.stderr()));
             }
             if raw_get_status(self.addr, "/health") == Some(200) {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("astron-edge did not become ready: {}", self.stderr());
+        Err(format!("not ready within 20 s: {}", self.stderr()))
     }
 
     /// Waits (up to 2 s) for an ERROR line of the proxy's that names every one of `names`
@@ -481,11 +582,15 @@ where
 
 /// One SSE route `name` to the upstream at `addr`, with a 30 s timeout.
 pub fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
-    format!(
-        "[access_log]\npath = \"off\"\n[upstreams.workflow]\nservers = [\"{addr}\"]\n\
-         [[routes]]\nname = \"{name}\"\nprefix = \"/\"\nupstream = \"workflow\"\nsse = true\n\
-         timeout = \"30s\"\n"
-    )
+    TestConfig::new()
+        .upstream("workflow", [addr])
+        .route(
+            Route::prefix(name, "/")
+                .to("workflow")
+                .set("sse", true)
+                .set("timeout", "30s"),
+        )
+        .render()
 }
 
 /// An external tool the test needs (`promtool`, `prometheus`, `nginx`): its path, or `None`

@@ -21,7 +21,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Method;
-use once_cell::sync::Lazy;
 use opentelemetry::metrics::{BoundHistogram, Histogram as OtelHistogram};
 use opentelemetry::KeyValue;
 use pingora::apps::http_app::ServeHttp;
@@ -31,9 +30,9 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::LazyLock;
 
-use super::otlp_wire::{encode_naming, SpanKind};
-use super::stream::{StreamEnd, StreamReport};
+use crate::otlp_wire::{encode_naming, SpanKind};
 
 /// Histogram buckets in seconds: from 1 ms API calls to 30 min SSE streams.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -106,9 +105,18 @@ impl StreamFamilies {
     }
 }
 
+/// The `end` label values of `edge_sse_streams_total` (SPEC §5).
+pub const STREAM_ENDS: [&str; 5] = [
+    "complete",
+    "client_closed",
+    "upstream_error",
+    "idle_timeout",
+    "shutdown",
+];
+
 /// One route's `edge_sse_*` series.
 struct StreamSeries {
-    /// Indexed as [`StreamEnd::ALL`].
+    /// Indexed as [`STREAM_ENDS`].
     ends: [IntCounter; 5],
     time_to_first_byte: Histogram,
     duration: Histogram,
@@ -232,7 +240,7 @@ fn duration_opts(name: &str, help: &str) -> HistogramOpts {
     HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec())
 }
 
-static FAMILIES: Lazy<Families> = Lazy::new(|| {
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     let r = Registry::new();
     let route_method_status = &["route", "method", "status"];
     Families {
@@ -360,7 +368,7 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
 /// Creates every family, so a scrape shows them all from the start and the first request
 /// does not pay for the registration.
 pub fn init() {
-    Lazy::force(&FAMILIES);
+    LazyLock::force(&FAMILIES);
 }
 
 /// Whether the request path counts into the per-request families: only when a
@@ -444,25 +452,33 @@ impl RouteMetrics {
     }
 
     /// Counts one finished stream of the route (SPEC §5 `edge_sse_*`).
-    pub fn stream_finished(&self, report: &StreamReport, seconds: f64) {
+    /// `end` is one of [`STREAM_ENDS`]; `time_to_first_byte` is `None` when no body byte
+    /// reached the client.
+    pub fn stream_finished(
+        &self,
+        end: &str,
+        time_to_first_byte: Option<f64>,
+        seconds: f64,
+        events: u64,
+    ) {
         let series = self.streams.get_or_init(|| {
             let f = &FAMILIES.streams;
             let name = &*self.name;
             Box::new(StreamSeries {
-                ends: StreamEnd::ALL.map(|end| f.ends.with_label_values(&[name, end.as_str()])),
+                ends: STREAM_ENDS.map(|end| f.ends.with_label_values(&[name, end])),
                 time_to_first_byte: f.time_to_first_byte.with_label_values(&[name]),
                 duration: f.duration.with_label_values(&[name]),
                 events: f.events.with_label_values(&[name]),
             })
         });
-        if let Some(end) = StreamEnd::ALL.iter().position(|e| *e == report.end) {
+        if let Some(end) = STREAM_ENDS.iter().position(|e| *e == end) {
             series.ends[end].inc();
         }
-        if let Some(ttfb) = report.time_to_first_byte {
-            series.time_to_first_byte.observe(ttfb.as_secs_f64());
+        if let Some(ttfb) = time_to_first_byte {
+            series.time_to_first_byte.observe(ttfb);
         }
         series.duration.observe(seconds);
-        series.events.inc_by(report.events);
+        series.events.inc_by(events);
     }
 
     /// The SERVER span's name (`METHOD route`), kind, `http.request.method` and
@@ -836,12 +852,7 @@ mod tests {
         record_auth("t-names", AuthResult::Allow);
         record_reload(true);
         drop(sse_stream_opened("t-names"));
-        let report = StreamReport {
-            end: StreamEnd::Complete,
-            time_to_first_byte: Some(std::time::Duration::from_millis(5)),
-            events: 2,
-        };
-        route("t-names").stream_finished(&report, 0.5);
+        route("t-names").stream_finished("complete", Some(0.005), 0.5, 2);
         access_log_line_dropped();
         span_dropped();
         let text = scrape();

@@ -545,4 +545,68 @@ mod tests {
         envelope.encode_request(&[], &mut out);
         assert!(out.is_empty());
     }
+
+    /// A length that sits on, or one off, a boundary of the one-, two- and three-byte
+    /// varint lengths (127 / 128, 16,383 / 16,384), where the placeholder is moved.
+    fn boundary_len() -> impl proptest::strategy::Strategy<Value = usize> {
+        use proptest::prelude::*;
+        prop_oneof![
+            0usize..300,
+            120usize..136,
+            16_370usize..16_400,
+            Just(70_000usize),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any batch of spans with attributes of any length round-trips through
+        /// opentelemetry-proto's decoder: every nested length is right, whatever its size.
+        #[test]
+        fn round_trips_through_the_proto_decoder(
+            spans in proptest::collection::vec(
+                (
+                    proptest::collection::vec((boundary_len(), boundary_len(), proptest::prelude::any::<i64>()), 0..4),
+                    proptest::option::of(boundary_len()),
+                ),
+                1..4,
+            )
+        ) {
+            let envelope = Envelope::new(&Resource::builder_empty().build(), "astron-edge", "1");
+            let mut framed = Vec::new();
+            let mut expected_spans = Vec::new();
+            for (attributes, error_len) in &spans {
+                let error = error_len.map(|n| "e".repeat(n));
+                let texts: Vec<(String, String, i64)> = attributes
+                    .iter()
+                    .map(|(k, v, i)| (format!("k{}", "x".repeat(*k)), "v".repeat(*v), *i))
+                    .collect();
+                let mut span_bytes = Vec::new();
+                encode_span(&mut span_bytes, &head(error.as_deref(), None), |a| {
+                    for (key, value, number) in &texts {
+                        a.str(key, value);
+                        a.int(key, *number);
+                    }
+                });
+                frame_span(&mut framed, |out| out.extend_from_slice(&span_bytes));
+                let expected: Vec<ProtoKeyValue> = texts
+                    .iter()
+                    .flat_map(|(key, value, number)| [text(key, value), int(key, *number)])
+                    .collect();
+                expected_spans.push((expected, error));
+            }
+            let mut ours = Vec::new();
+            envelope.encode_request(&framed, &mut ours);
+            let decoded = ExportTraceServiceRequest::decode(ours.as_slice()).expect("decodes");
+            let got = &decoded.resource_spans[0].scope_spans[0].spans;
+            proptest::prop_assert_eq!(got.len(), expected_spans.len());
+            for (span, (attributes, error)) in got.iter().zip(&expected_spans) {
+                proptest::prop_assert_eq!(&span.attributes, attributes);
+                let message = span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default();
+                proptest::prop_assert_eq!(message, error.clone().unwrap_or_default());
+                proptest::prop_assert_eq!(&span.name, "GET workflow");
+            }
+        }
+    }
 }

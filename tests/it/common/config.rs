@@ -1,0 +1,117 @@
+//! A typed builder for the configs tests start the proxy with, rendered as TOML by the
+//! `toml` crate (quoting and escaping are its business, not each test's `format!`).
+//!
+//! ```ignore
+//! let config = TestConfig::new()
+//!     .upstream("app", backend.addr)
+//!     .route(Route::prefix("app-route", "/").to("app").set("sse", true));
+//! let proxy = Proxy::start(&config.render());
+//! ```
+
+use std::fmt::Display;
+
+use toml::{Table, Value};
+
+/// A whole config but `[server]`'s listener, which [`crate::common::Proxy`] adds. The
+/// access log is off unless a test sets `access_log.path`.
+#[derive(Clone)]
+pub struct TestConfig {
+    table: Table,
+    routes: Vec<Value>,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig::new()
+    }
+}
+
+impl TestConfig {
+    pub fn new() -> TestConfig {
+        TestConfig {
+            table: Table::new(),
+            routes: Vec::new(),
+        }
+        .set("access_log.path", "off")
+    }
+
+    /// Sets a key by its dotted path (`"gzip.min_length"`, `"server.client_max_body_size"`),
+    /// creating the tables on the way.
+    pub fn set(mut self, dotted: &str, value: impl Into<Value>) -> TestConfig {
+        set_dotted(&mut self.table, dotted, value.into());
+        self
+    }
+
+    /// `[upstreams.NAME]` with these servers (`host:port` or a `SocketAddr`).
+    pub fn upstream<A: Display>(
+        self,
+        name: &str,
+        servers: impl IntoIterator<Item = A>,
+    ) -> TestConfig {
+        let servers: Vec<Value> = servers
+            .into_iter()
+            .map(|s| Value::String(s.to_string()))
+            .collect();
+        self.set(&format!("upstreams.{name}.servers"), servers)
+    }
+
+    pub fn route(mut self, route: Route) -> TestConfig {
+        self.routes.push(Value::Table(route.0));
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut table = self.table.clone();
+        if !self.routes.is_empty() {
+            table.insert("routes".into(), Value::Array(self.routes.clone()));
+        }
+        toml::to_string(&table).unwrap_or_else(|e| panic!("test config renders: {e}"))
+    }
+}
+
+/// One `[[routes]]` entry.
+pub struct Route(Table);
+
+impl Route {
+    fn matcher(name: &str, kind: &str, path: &str) -> Route {
+        let mut table = Table::new();
+        table.insert("name".into(), name.into());
+        table.insert(kind.into(), path.into());
+        Route(table)
+    }
+
+    pub fn prefix(name: &str, path: &str) -> Route {
+        Route::matcher(name, "prefix", path)
+    }
+
+    pub fn exact(name: &str, path: &str) -> Route {
+        Route::matcher(name, "exact", path)
+    }
+
+    /// Proxies to the upstream `name`.
+    pub fn to(self, upstream: &str) -> Route {
+        self.set("upstream", upstream)
+    }
+
+    pub fn set(mut self, key: &str, value: impl Into<Value>) -> Route {
+        set_dotted(&mut self.0, key, value.into());
+        self
+    }
+}
+
+fn set_dotted(table: &mut Table, dotted: &str, value: Value) {
+    match dotted.split_once('.') {
+        None => {
+            table.insert(dotted.into(), value);
+        }
+        Some((head, rest)) => {
+            let inner = table
+                .entry(head)
+                .or_insert_with(|| Value::Table(Table::new()));
+            match inner {
+                Value::Table(inner) => set_dotted(inner, rest, value),
+                other => panic!("{head} is {other:?}, not a table"),
+            }
+        }
+    }
+}
