@@ -421,6 +421,32 @@ mod tests {
         accepts_gzip(&request("GET", Some(value)))
     }
 
+    /// The header phase hands back an encoder exactly when it rewrote the header for one.
+    #[test]
+    fn the_header_phase_returns_the_encoder_it_planned() {
+        let req = request("GET", Some("gzip"));
+        let json = [("Content-Type", "application/json")];
+        let mut resp = response(200, &json);
+        let encoder = response_filter(&config(), &req, &mut resp).expect("filter");
+        assert!(encoder.is_some());
+        assert_eq!(resp.headers["content-encoding"], "gzip");
+
+        let mut short = response(200, &[json[0], ("Content-Length", "10")]);
+        let encoder = response_filter(&config(), &req, &mut short).expect("filter");
+        assert!(encoder.is_none());
+        assert_eq!(short.headers["vary"], "Accept-Encoding");
+
+        let off = GzipConfig {
+            enabled: false,
+            ..config()
+        };
+        let mut plain = response(200, &json);
+        assert!(response_filter(&off, &req, &mut plain)
+            .expect("filter")
+            .is_none());
+        assert!(plain.headers.get("vary").is_none());
+    }
+
     #[test]
     fn accept_encoding_q_values() {
         assert!(accepts("gzip"));

@@ -196,7 +196,7 @@ impl ConfigReloader {
 fn load(path: &Path) -> Result<(Config, Option<CertifiedKey>), String> {
     let config = config::load(path).map_err(|e| e.to_string())?;
     let certified_key = match &config.server.tls {
-        Some(tls) => Some(tls::load_certified_key(tls)?),
+        Some(tls) => Some(tls::load_certified_key(&tls.cert, &tls.key)?),
         None => None,
     };
     Ok((config, certified_key))

@@ -17,7 +17,7 @@ use crate::reload::{self, ConfigReloader};
 use crate::shutdown::Lifecycle;
 use crate::state::{self, SharedState, Snapshot};
 use crate::telemetry;
-use crate::tls::CertStore;
+use crate::tls::{load_certified_key, CertStore};
 use crate::upstream::REFRESH_INTERVAL;
 
 /// How long pingora waits for the runtimes to stop after the grace period.
@@ -30,7 +30,9 @@ pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let baseline = reload::Baseline::of(config_path, &config);
     // What the TLS listeners present; a reload swaps it in place (see `tls`).
     let certs = match &config.server.tls {
-        Some(tls) => Some(CertStore::load(tls).map_err(anyhow::Error::msg)?),
+        Some(tls) => Some(CertStore::new(
+            load_certified_key(&tls.cert, &tls.key).map_err(anyhow::Error::msg)?,
+        )),
         None => None,
     };
     let threads = match config.server.threads {

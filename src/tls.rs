@@ -18,19 +18,17 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{load_certs_and_key_files, ClientHello, CryptoProvider, ResolvesServerCert};
 
-use crate::config::TlsConfig;
-
 /// The certificate chain and key every TLS listener presents.
 pub struct CertStore {
     current: ArcSwap<CertifiedKey>,
 }
 
 impl CertStore {
-    /// Loads `[server.tls]`'s files; the error says which file is wrong and why.
-    pub fn load(tls: &TlsConfig) -> Result<Arc<CertStore>, String> {
-        Ok(Arc::new(CertStore {
-            current: ArcSwap::from_pointee(load_certified_key(tls)?),
-        }))
+    /// Serves `key` (from [`load_certified_key`]) until it is replaced.
+    pub fn new(key: CertifiedKey) -> Arc<CertStore> {
+        Arc::new(CertStore {
+            current: ArcSwap::from_pointee(key),
+        })
     }
 
     /// Serves `key` on every handshake from now on.
@@ -64,9 +62,9 @@ impl fmt::Debug for CertStore {
 /// Reads the PEM chain and key and checks that the key belongs to the first certificate,
 /// so that a wrong pair is refused by `check` and by a reload instead of failing every
 /// handshake later.
-pub fn load_certified_key(tls: &TlsConfig) -> Result<CertifiedKey, String> {
-    let cert = utf8_path(&tls.cert)?;
-    let key = utf8_path(&tls.key)?;
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let cert = utf8_path(cert)?;
+    let key = utf8_path(key)?;
     let (chain, private_key) = load_certs_and_key_files(cert, key)
         .map_err(|e| format!("cannot load certificate {cert} / key {key}: {e}"))?
         .ok_or_else(|| format!("no certificate in {cert} or no private key in {key}"))?;

@@ -251,7 +251,8 @@ fn server(check: &Checker<'_>, raw: &RawConfig, base: &Path) -> Result<ServerCon
                 key: check.readable_file(&t.key, base, "private key")?,
             };
             // Readable is not enough: a key of another certificate would fail every handshake.
-            crate::tls::load_certified_key(&config).map_err(|e| check.err(t.key.span(), e))?;
+            crate::tls::load_certified_key(&config.cert, &config.key)
+                .map_err(|e| check.err(t.key.span(), e))?;
             Some(config)
         }
     };

@@ -129,6 +129,50 @@ fn route_label(kind: RequestKind, route: Option<&RouteConfig>) -> &str {
 mod tests {
     use super::*;
 
+    fn ctx() -> RequestCtx {
+        let text = r#"
+[upstreams.app]
+servers = ["127.0.0.1:9"]
+[[routes]]
+name = "stream"
+prefix = "/s/"
+upstream = "app"
+sse = true
+[[routes]]
+name = "gone"
+exact = "/gone"
+return = 404
+"#;
+        let config = crate::config::parse(std::path::Path::new("t.toml"), text).expect("config");
+        RequestCtx::new(Arc::new(Snapshot::new(config, None)))
+    }
+
+    /// What telemetry is told of a request follows the proxy's decisions about it.
+    #[test]
+    fn the_telemetry_view_follows_the_request() {
+        let mut ctx = ctx();
+        let (view, _) = ctx.telemetry_parts();
+        assert_eq!((view.label, view.kind), ("unmatched", TelemetryKind::Other));
+        assert!(!view.sse_route);
+
+        ctx.route = Some(0);
+        ctx.kind = RequestKind::Proxied;
+        let (view, _) = ctx.telemetry_parts();
+        assert_eq!((view.label, view.kind), ("stream", TelemetryKind::Proxied));
+        assert!(view.sse_route);
+
+        ctx.kind = RequestKind::Health;
+        let (view, _) = ctx.telemetry_parts();
+        assert_eq!((view.label, view.kind), ("health", TelemetryKind::Health));
+
+        ctx.route = Some(1);
+        ctx.kind = RequestKind::Local;
+        let (view, _) = ctx.telemetry_parts();
+        assert_eq!((view.label, view.kind), ("gone", TelemetryKind::Other));
+        assert!(!view.sse_route, "a return route has no proxy settings");
+        assert!(ctx.proxy_route().is_none());
+    }
+
     /// Pingora keeps the context inside its per-request futures and moves those futures
     /// several times per request: every byte of it is copied on every request (measured with
     /// `bench/instructions.sh`). Rarely used state belongs behind a `Box`.
