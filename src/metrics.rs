@@ -52,7 +52,74 @@ pub const METRIC_NAMES: &[&str] = &[
     "edge_access_log_dropped_total",
     "edge_otlp_spans_dropped_total",
     "edge_trace_spans_kept_total",
+    "edge_sse_streams_total",
+    "edge_sse_time_to_first_byte_seconds",
+    "edge_sse_stream_duration_seconds",
+    "edge_sse_events_total",
 ];
+
+/// The `edge_sse_*` families of finished streams.
+struct StreamFamilies {
+    ends: IntCounterVec,
+    time_to_first_byte: HistogramVec,
+    duration: HistogramVec,
+    events: IntCounterVec,
+}
+
+impl StreamFamilies {
+    fn register(r: &Registry) -> StreamFamilies {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let histogram = |name: &str, help: &str| {
+            register(
+                r,
+                HistogramVec::new(duration_opts(name, help), &["route"]).expect("valid"),
+            )
+        };
+        StreamFamilies {
+            ends: counter(
+                "edge_sse_streams_total",
+                "Finished streams, by how they ended",
+                &["route", "end"],
+            ),
+            time_to_first_byte: histogram(
+                "edge_sse_time_to_first_byte_seconds",
+                "Time from the request's arrival to the first body byte sent to the client",
+            ),
+            duration: histogram(
+                "edge_sse_stream_duration_seconds",
+                "Time from the request's arrival to the stream's end",
+            ),
+            events: counter(
+                "edge_sse_events_total",
+                "SSE events relayed (each ends with a blank line)",
+                &["route"],
+            ),
+        }
+    }
+}
+
+/// The `end` label values of `edge_sse_streams_total` (SPEC §5).
+pub const STREAM_ENDS: [&str; 5] = [
+    "complete",
+    "client_closed",
+    "upstream_error",
+    "idle_timeout",
+    "shutdown",
+];
+
+/// One route's `edge_sse_*` series.
+struct StreamSeries {
+    /// Indexed as [`STREAM_ENDS`].
+    ends: [IntCounter; 5],
+    time_to_first_byte: Histogram,
+    duration: Histogram,
+    events: IntCounter,
+}
 
 /// Server addresses remembered per upstream for span attributes.
 const MAX_PEER_NAMES: usize = 64;
@@ -154,6 +221,7 @@ struct Families {
     access_log_dropped: IntCounter,
     spans_dropped: IntCounter,
     spans_kept: IntCounterVec,
+    streams: StreamFamilies,
     routes: NameCache<RouteMetrics>,
     upstreams: NameCache<UpstreamMetrics>,
 }
@@ -307,6 +375,7 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             }
             kept
         },
+        streams: StreamFamilies::register(&r),
         routes: ArcSwap::default(),
         upstreams: ArcSwap::default(),
         registry: r,
@@ -373,6 +442,8 @@ pub struct RouteMetrics {
     otlp: [StatusSlots<BoundHistogram<f64>>; MethodLabel::COUNT],
     /// Encoded once per method: what each SERVER span of the route repeats.
     span_namings: [OnceLock<Vec<u8>>; MethodLabel::COUNT],
+    /// The `edge_sse_*` series, resolved at the route's first stream.
+    streams: OnceLock<Box<StreamSeries>>,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -393,7 +464,38 @@ impl RouteMetrics {
             series: Default::default(),
             otlp: Default::default(),
             span_namings: Default::default(),
+            streams: OnceLock::new(),
         }
+    }
+
+    /// Counts one finished stream of the route (SPEC §5 `edge_sse_*`).
+    /// `end` is one of [`STREAM_ENDS`]; `time_to_first_byte` is `None` when no body byte
+    /// reached the client.
+    pub fn stream_finished(
+        &self,
+        end: &str,
+        time_to_first_byte: Option<f64>,
+        seconds: f64,
+        events: u64,
+    ) {
+        let series = self.streams.get_or_init(|| {
+            let f = &FAMILIES.streams;
+            let name = &*self.name;
+            Box::new(StreamSeries {
+                ends: STREAM_ENDS.map(|end| f.ends.with_label_values(&[name, end])),
+                time_to_first_byte: f.time_to_first_byte.with_label_values(&[name]),
+                duration: f.duration.with_label_values(&[name]),
+                events: f.events.with_label_values(&[name]),
+            })
+        });
+        if let Some(end) = STREAM_ENDS.iter().position(|e| *e == end) {
+            series.ends[end].inc();
+        }
+        if let Some(ttfb) = time_to_first_byte {
+            series.time_to_first_byte.observe(ttfb);
+        }
+        series.duration.observe(seconds);
+        series.events.inc_by(events);
     }
 
     /// The SERVER span's name (`METHOD route`), kind, `http.request.method` and
@@ -757,6 +859,7 @@ mod tests {
         record_auth("t-names", AuthResult::Allow);
         record_reload(true);
         drop(sse_stream_opened("t-names"));
+        route("t-names").stream_finished("complete", Some(0.005), 0.5, 2);
         access_log_line_dropped();
         span_dropped();
         let text = scrape();

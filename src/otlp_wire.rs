@@ -102,6 +102,13 @@ impl Attributes<'_> {
         });
     }
 
+    pub fn f64(&mut self, key: &str, value: f64) {
+        // AnyValue { double_value = 4 }, fixed64
+        self.attribute(key, 1 + 8, |out| {
+            fixed64_always(out, 4, value.to_bits());
+        });
+    }
+
     /// `KeyValue { key = 1; AnyValue value = 2 }` whose value is `value_len` bytes long:
     /// with the lengths known up front it is written straight, without placeholders.
     fn attribute(&mut self, key: &str, value_len: usize, write_value: impl FnOnce(&mut Vec<u8>)) {

@@ -40,6 +40,21 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
+/// `true` once the drain's grace period is over: streams relayed off Pingora's pipeline
+/// (`proxy::relay`) then cut themselves, and are logged and counted as `shutdown`, before
+/// the process stops.
+static GRACE_OVER: std::sync::LazyLock<watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| watch::Sender::new(false));
+
+/// How long the end of the drain waits for the streams cut at the grace period's end to
+/// report themselves.
+const CUT_REPORT_WAIT: Duration = Duration::from_millis(500);
+
+/// Watches for the end of the grace period.
+pub fn grace_over() -> watch::Receiver<bool> {
+    GRACE_OVER.subscribe()
+}
+
 /// Counts one request from its context's creation to its drop. A process-wide counter:
 /// a process runs one server, and a static keeps the request path free of any lookup.
 #[derive(Debug)]
@@ -124,6 +139,11 @@ impl Lifecycle {
                     in_flight = left,
                     "grace period over; closing the remaining connections"
                 );
+                GRACE_OVER.send_replace(true);
+                let reported = Instant::now() + CUT_REPORT_WAIT;
+                while InFlight::count() > 0 && Instant::now() < reported {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
                 return ShutdownSignal::FastShutdown;
             }
             tokio::select! {

@@ -395,6 +395,7 @@ mod tests {
             upstream_path: None,
             auth: None,
             sse: false,
+            sse_heartbeat: None,
             timeout: None,
             connect_timeout: None,
             cache,

@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub client_max_body_size: u64,
     pub keepalive_timeout: Duration,
     pub grace_period: Duration,
+    /// SSE routes relayed off Pingora's pipeline (`proxy::relay`); `false`: all in it.
+    pub sse_relay: bool,
     pub tls: Option<TlsConfig>,
 }
 
@@ -215,6 +217,8 @@ pub struct ProxyRoute {
     /// Index into `Config::auth`.
     pub auth: Option<usize>,
     pub sse: bool,
+    /// Idle time after which a `text/event-stream` answer gets a `":\n\n"` comment.
+    pub sse_heartbeat: Option<Duration>,
     pub timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     pub cache: Option<CachePolicy>,

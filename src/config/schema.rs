@@ -98,6 +98,7 @@ pub struct RawServer {
     pub client_max_body_size: Option<Size>,
     pub keepalive_timeout: Option<Dur>,
     pub grace_period: Option<Dur>,
+    pub sse_relay: Option<bool>,
     pub tls: Option<Spanned<RawTls>>,
 }
 
@@ -196,6 +197,7 @@ pub struct RawRoute {
     pub auth: Option<Spanned<Str>>,
     #[serde(default)]
     pub sse: bool,
+    pub sse_heartbeat: Option<Spanned<Dur>>,
     pub timeout: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub cache: Option<Spanned<Str>>,

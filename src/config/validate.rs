@@ -269,6 +269,7 @@ fn server(check: &Checker<'_>, raw: &RawConfig, base: &Path) -> Result<ServerCon
         client_max_body_size: s.client_max_body_size.map_or(DEFAULT_BODY_LIMIT, |v| v.0),
         keepalive_timeout: s.keepalive_timeout.map_or(DEFAULT_KEEPALIVE, |v| v.0),
         grace_period: s.grace_period.map_or(DEFAULT_GRACE, |v| v.0),
+        sse_relay: s.sse_relay.unwrap_or(true),
         tls,
     })
 }
@@ -687,12 +688,38 @@ fn proxy_route(
         upstream_path,
         auth,
         sse: r.sse,
+        sse_heartbeat: sse_heartbeat(check, r)?,
         timeout: r.timeout.map(|d| d.0),
         connect_timeout: r.connect_timeout.map(|d| d.0),
         cache,
         set_request_headers,
         hide_response_headers: check.header_names(&r.hide_response_headers)?,
     })
+}
+
+/// Heartbeat intervals taken: shorter would flood clients, longer is no heartbeat for
+/// load balancers that cut at 60-100 s.
+const HEARTBEAT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// `sse_heartbeat`: `"0s"` is off; written by the SSE relay, so only on `sse` routes.
+fn sse_heartbeat(check: &Checker<'_>, r: &RawRoute) -> Result<Option<Duration>, ConfigError> {
+    let Some(value) = &r.sse_heartbeat else {
+        return Ok(None);
+    };
+    let every = value.get_ref().0;
+    if every.is_zero() {
+        return Ok(None);
+    }
+    if !r.sse {
+        let message = "sse_heartbeat needs sse = true (heartbeats are written by the SSE relay)";
+        return Err(check.err(value.span(), message));
+    }
+    if !HEARTBEAT_RANGE.contains(&every) {
+        let message = "sse_heartbeat must be between 100ms and 1h (or \"0s\": off)";
+        return Err(check.err(value.span(), message));
+    }
+    Ok(Some(every))
 }
 
 #[cfg(test)]

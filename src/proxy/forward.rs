@@ -79,6 +79,7 @@ mod tests {
             upstream_path: upstream_path.map(str::to_owned),
             auth: None,
             sse: false,
+            sse_heartbeat: None,
             timeout: None,
             connect_timeout: None,
             cache: None,

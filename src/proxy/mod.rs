@@ -2,9 +2,11 @@
 //! done by the modules they call.
 
 mod context;
+mod cut;
 mod forward;
 mod relay;
 mod respond;
+mod stale;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,6 +253,17 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(peer))
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        stale::pipeline_retry(peer, session, e, ctx, client_reused)
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -333,7 +346,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let (view, telemetry) = ctx.telemetry_parts();
-        crate::telemetry::upstream_responded(&view, telemetry, upstream_response.status.as_u16());
+        crate::telemetry::upstream_responded(&view, telemetry, upstream_response);
         Ok(())
     }
 
@@ -343,6 +356,8 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // An event stream on any route is never stored nor compressed (SPEC §3).
+        let event_stream = ctx.telemetry.stream().is_some_and(|s| s.is_event_stream());
         // Fields, not `ctx.proxy_route()`: the route is borrowed beside the body stages.
         let route = ctx
             .route
@@ -354,8 +369,10 @@ impl ProxyHttp for EdgeProxy {
             if route.sse {
                 response.insert_header(header::CACHE_CONTROL, "no-cache")?;
                 response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
+            } else if event_stream {
+                ctx.asset = None;
             } else {
-                // The body stages (asset cache, gzip): never on an `sse` route's stream.
+                // The body stages (asset cache, gzip): never on a stream.
                 // The asset cache captures the upstream's own header, so it goes first.
                 let req = session.req_header();
                 crate::cache::response_filter(req, response, &mut ctx.asset, route.cache)?;
@@ -376,6 +393,9 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let (Some(stream), Some(data)) = (ctx.telemetry.stream(), body.as_ref()) {
+            stream.sent(data);
+        }
         // The cache keeps the identity body: capture before compressing.
         crate::cache::body_filter(
             body,
@@ -398,6 +418,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if ctx.gzip.is_some() {
             crate::compress::release_segments(session);
+        }
+        if let Some(stream) = ctx.telemetry.stream() {
+            stream.ended(crate::telemetry::StreamEnd::of(e));
         }
         // What the client got; nginx's 499 when it left before anything was sent.
         let status = match session.response_written() {
@@ -428,22 +451,21 @@ impl ProxyHttp for EdgeProxy {
         let status = log_failure(ctx, e);
         // a failure before request_filter (none is known today) still gets an id
         crate::telemetry::request_id::assign(session.req_header(), &mut ctx.telemetry);
-        let already_answered = session.response_written().is_some();
-        let idle_stream = already_answered
-            && ctx.proxy_route().is_some_and(|r| r.sse)
-            && matches!(e.etype(), ErrorType::ReadTimedout)
-            && e.esource() == &ErrorSource::Upstream;
-        if idle_stream {
-            // An SSE stream idle past the route timeout ends like a finished stream (the
-            // terminating chunk), so clients see a clean end rather than a cut connection.
-            if let Err(write_error) = session.as_downstream_mut().finish_body().await {
-                tracing::debug!("could not end the idle stream: {write_error}");
-            }
+        // A `100 Continue` is no answer yet: a body over the limit still gets its 413.
+        let already_answered = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
+        if already_answered {
+            // The answer is cut: never its clean end (SPEC §3 "How a stream ends").
+            cut::cut(session);
         }
         if status > 0 && !already_answered {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             if let Err(write_error) = local_response(session, ctx, code, None).await {
                 tracing::debug!("could not send the error response: {write_error}");
+            }
+            if code == StatusCode::PAYLOAD_TOO_LARGE {
+                discard_request_body(session).await;
             }
         }
         FailToProxy {

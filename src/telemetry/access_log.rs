@@ -74,6 +74,8 @@ pub struct Entry<'a> {
     pub trace_id: Option<[u8; 16]>,
     /// `X-Request-ID` (JSON only).
     pub request_id: Option<&'a [u8]>,
+    /// The stream fields of a stream's line (JSON format only).
+    pub stream: Option<super::stream::StreamReport>,
 }
 
 /// Formats one line, newline included.
@@ -190,6 +192,21 @@ fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     push_json_opt(out, trace_id);
     out.extend_from_slice(b",\"request_id\":");
     push_json_opt(out, e.request_id);
+    if let Some(stream) = &e.stream {
+        out.extend_from_slice(b",\"time_to_first_byte\":");
+        match stream.time_to_first_byte {
+            Some(t) => {
+                let _ = write!(out, "{:.3}", t.as_secs_f64());
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        let _ = write!(
+            out,
+            ",\"sse_events\":{},\"stream_end\":\"{}\"",
+            stream.events,
+            stream.end.as_str()
+        );
+    }
     out.push(b'}');
 }
 
@@ -682,6 +699,7 @@ mod tests {
             route: "console-api",
             trace_id: Some(0x0af7651916cd43dd8448eb211c80319c_u128.to_be_bytes()),
             request_id: Some(b"req-42"),
+            stream: None,
         }
     }
 

@@ -25,6 +25,7 @@ mod reconfigure;
 pub mod request_id;
 mod settings;
 mod span_queue;
+pub mod stream;
 mod trace_export;
 pub mod traces;
 
@@ -50,6 +51,7 @@ use traces::{ServerRequest, ServerSpan, TRACESTATE};
 pub use crate::metrics::{
     record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard,
 };
+pub use stream::{Stream, StreamEnd};
 
 /// How long the exit may wait for the last access-log lines and OTLP exports.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -149,8 +151,8 @@ pub struct RequestTelemetry {
     route: Option<Arc<RouteMetrics>>,
     /// Counted in `edge_http_requests_in_flight` (Prometheus on) until dropped.
     in_flight: Option<InFlight>,
-    /// An open SSE stream (2xx answer on an `sse` route), counted until the request ends.
-    sse: Option<SseStreamGuard>,
+    /// The answer is a stream (see [`stream`]): its state until the request ends.
+    stream: Option<Box<Stream>>,
     /// The client's address, looked up once.
     client: Option<IpAddr>,
     /// First upstream attempt (name resolution included).
@@ -177,6 +179,25 @@ impl RequestTelemetry {
     /// The client's address, when a kind of telemetry that reports it is on.
     pub fn client(&self) -> Option<IpAddr> {
         self.client
+    }
+
+    /// The status of the upstream's answer header, once it came.
+    pub fn upstream_status(&self) -> Option<u16> {
+        self.upstream_status
+    }
+
+    /// The answer's stream state, when the answer is a stream.
+    pub fn stream(&mut self) -> Option<&mut Stream> {
+        self.stream.as_deref_mut()
+    }
+
+    /// Lends the stream state to the relay's body pump, which [`Self::put_stream`]s it back.
+    pub fn take_stream(&mut self) -> Option<Box<Stream>> {
+        self.stream.take()
+    }
+
+    pub fn put_stream(&mut self, stream: Option<Box<Stream>>) {
+        self.stream = stream;
     }
 }
 
@@ -271,15 +292,22 @@ pub fn inject_trace_context(
     Ok(())
 }
 
-/// `upstream_response_filter`: the upstream answered with `status`; a 2xx on an `sse`
-/// route opens a stream in `edge_sse_streams_active`.
-pub fn upstream_responded(view: &RequestView<'_>, tel: &mut RequestTelemetry, status: u16) {
-    tel.upstream_status = Some(status);
-    if tel.span.is_some() && view.sse_route {
-        tel.stream_answered = Some(Instant::now());
-    }
-    if metrics::requests_counted() && (200..300).contains(&status) && view.sse_route {
-        tel.sse = Some(metrics::sse_stream_opened(view.label));
+/// `upstream_response_filter`: the upstream answered with `response`. A 2xx on an `sse`
+/// route, or an event stream on any route, is a stream (counted in
+/// `edge_sse_streams_active` and reported as one when it ends).
+pub fn upstream_responded(
+    view: &RequestView<'_>,
+    tel: &mut RequestTelemetry,
+    response: &pingora::http::ResponseHeader,
+) {
+    tel.upstream_status = Some(response.status.as_u16());
+    let event_stream = stream::is_event_stream(&response.headers);
+    if event_stream || (response.status.is_success() && view.sse_route) {
+        if tel.span.is_some() {
+            // a stream is slow by its time to first byte, not its length (`keep`)
+            tel.stream_answered = Some(Instant::now());
+        }
+        tel.stream = Some(Box::new(Stream::open(view.label, event_stream)));
     }
 }
 
@@ -299,6 +327,8 @@ struct Finished {
     upstream_time: Option<Duration>,
     /// The wall-clock end: the log line's time and the span's end.
     at: SystemTime,
+    /// How the answer's stream went, when it was one.
+    stream: Option<stream::StreamReport>,
 }
 
 /// The request headers the access log and the span report, found in one walk over the
@@ -412,7 +442,7 @@ pub fn request_finished(
     status: u16,
 ) {
     let in_flight = tel.in_flight.take();
-    tel.sse = None;
+    let stream = tel.stream.take().map(|s| s.report(view.started));
     let span = tel.span.take();
     let prometheus = metrics::requests_counted();
     let otlp = otlp_pipeline();
@@ -435,6 +465,7 @@ pub fn request_finished(
             .upstream_started
             .map(|t| now.saturating_duration_since(t)),
         at: SystemTime::now(),
+        stream,
     };
     let traced = span.is_some() && otlp.is_some();
     let (headers, client) = if access_log.is_some() || traced {
@@ -496,6 +527,7 @@ pub fn request_finished(
                     .zip(upstream.as_deref())
                     .map(|(peer, u)| u.peer_name(peer)),
                 request_id: tel.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                stream: finished.stream,
             });
         }
     }
@@ -514,6 +546,10 @@ fn record_metrics(
     let seconds = f.elapsed.as_secs_f64();
     if prometheus {
         route.request_finished(f.method, f.status, seconds, f.body_bytes);
+        if let Some(stream) = &f.stream {
+            let ttfb = stream.time_to_first_byte.map(|t| t.as_secs_f64());
+            route.stream_finished(stream.end.as_str(), ttfb, seconds, stream.events);
+        }
     }
     if let Some(otlp) = otlp {
         route.record_otlp(&otlp.server_duration, f.method, f.status, seconds);
@@ -570,6 +606,7 @@ fn write_log_line(
         // Only the JSON format has the field.
         trace_id: parts.span.map(|s| s.context().trace_id),
         request_id: parts.request_id,
+        stream: f.stream,
     };
     access_log.log(&entry, f.at);
 }

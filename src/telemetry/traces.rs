@@ -222,6 +222,8 @@ pub struct ServerRequest<'a> {
     pub upstream: Option<Arc<str>>,
     /// `X-Request-ID` ([`super::request_id`]).
     pub request_id: Option<&'a str>,
+    /// How the answer's stream went, when it was one.
+    pub stream: Option<super::stream::StreamReport>,
 }
 
 impl ServerSpan {
@@ -306,6 +308,16 @@ impl ServerSpan {
             }
             if let Some(id) = req.request_id {
                 a.str_array("http.request.header.x-request-id", id);
+            }
+            if let Some(stream) = &req.stream {
+                if let Some(ttfb) = stream.time_to_first_byte {
+                    a.f64("edge.stream.time_to_first_byte", ttfb.as_secs_f64());
+                }
+                a.int(
+                    "edge.stream.events",
+                    i64::try_from(stream.events).unwrap_or(i64::MAX),
+                );
+                a.str("edge.stream.end", stream.end.as_str());
             }
         });
     }

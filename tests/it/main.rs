@@ -16,6 +16,7 @@ mod shutdown;
 mod sse;
 mod sse_framing;
 mod static_assets;
+mod streams;
 mod telemetry_access_log;
 mod telemetry_metrics;
 mod telemetry_observability;

@@ -51,8 +51,7 @@ async fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_content_length_answer_is_passed_on_and_both_connections_kept() {
+async fn a_content_length_answer_is_passed_on_and_both_connections_kept(relay: bool) {
     let connections = Arc::new(AtomicUsize::new(0));
     let accepted = connections.clone();
     let addr = common::raw_upstream(move |mut stream| {
@@ -69,7 +68,7 @@ async fn a_content_length_answer_is_passed_on_and_both_connections_kept() {
         }
     })
     .await;
-    let proxy = Proxy::start(&common::sse_route_to("sized", addr));
+    let proxy = Proxy::start_on(relay, &common::sse_route_to("sized", addr));
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     for round in 0..2 {
         let head = ask(&mut client, b"GET /s HTTP/1.1\r\nHost: edge\r\n\r\n", round).await;
@@ -89,8 +88,7 @@ async fn a_content_length_answer_is_passed_on_and_both_connections_kept() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_until_close_reaches_an_http_1_1_client_in_chunks() {
+async fn an_answer_until_close_reaches_an_http_1_1_client_in_chunks(relay: bool) {
     let addr = common::raw_upstream(|mut stream| async move {
         let _ = read_head(&mut stream).await;
         let head =
@@ -101,7 +99,7 @@ async fn an_answer_until_close_reaches_an_http_1_1_client_in_chunks() {
         let _ = stream.write_all(b"data: b\n\n").await;
     })
     .await;
-    let proxy = Proxy::start(&common::sse_route_to("open-ended", addr));
+    let proxy = Proxy::start_on(relay, &common::sse_route_to("open-ended", addr));
     let response = common::client()
         .get(proxy.url("/s"))
         .send()
@@ -114,8 +112,7 @@ async fn an_answer_until_close_reaches_an_http_1_1_client_in_chunks() {
     assert_eq!(body, "data: a\n\ndata: b\n\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_split_across_reads_reach_an_http_1_0_client_until_close() {
+async fn chunks_split_across_reads_reach_an_http_1_0_client_until_close(relay: bool) {
     let addr = common::raw_upstream(|mut stream| async move {
         let _ = read_head(&mut stream).await;
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
@@ -136,7 +133,7 @@ async fn chunks_split_across_reads_reach_an_http_1_0_client_until_close() {
         }
     })
     .await;
-    let proxy = Proxy::start(&common::sse_route_to("old-client", addr));
+    let proxy = Proxy::start_on(relay, &common::sse_route_to("old-client", addr));
     let response = common::raw_request(proxy.addr, b"GET /s HTTP/1.0\r\nHost: edge\r\n\r\n").await;
     let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -147,8 +144,7 @@ async fn chunks_split_across_reads_reach_an_http_1_0_client_until_close() {
     assert_eq!(body, "data: first\n\ndata: second\n\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_answer_has_no_body_to_wait_for() {
+async fn a_head_answer_has_no_body_to_wait_for(relay: bool) {
     let addr = common::raw_upstream(|mut stream| async move {
         while read_head(&mut stream).await.is_some() {
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
@@ -157,7 +153,7 @@ async fn a_head_answer_has_no_body_to_wait_for() {
         }
     })
     .await;
-    let proxy = Proxy::start(&common::sse_route_to("head", addr));
+    let proxy = Proxy::start_on(relay, &common::sse_route_to("head", addr));
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     for round in 0..2 {
         let head = ask(
@@ -171,4 +167,16 @@ async fn a_head_answer_has_no_body_to_wait_for() {
             "round {round}: {head}"
         );
     }
+}
+
+crate::on_both_paths!(
+    a_content_length_answer_is_passed_on_and_both_connections_kept,
+    an_answer_until_close_reaches_an_http_1_1_client_in_chunks,
+    a_head_answer_has_no_body_to_wait_for,
+);
+
+/// The relay only: Pingora 0.9's pipeline answers an HTTP/1.0 client in chunks (reported, not fixed here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_split_across_reads_reach_an_http_1_0_client_until_close_on_the_relay() {
+    chunks_split_across_reads_reach_an_http_1_0_client_until_close(true).await
 }

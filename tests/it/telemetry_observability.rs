@@ -134,6 +134,8 @@ fn dashboard_parses_and_queries_only_exported_metrics() {
         "active sse streams",
         "upstream latency",
         "reloads",
+        "stream time to first byte",
+        "stream ends/s by reason",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(wanted)),
@@ -146,6 +148,8 @@ fn dashboard_parses_and_queries_only_exported_metrics() {
         "edge_sse_streams_active",
         "edge_upstream_duration_seconds",
         "edge_config_reloads_total",
+        "edge_sse_streams_total",
+        "edge_sse_time_to_first_byte_seconds",
     ] {
         assert!(names.contains(name), "the dashboard does not show {name}");
     }

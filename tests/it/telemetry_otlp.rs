@@ -32,9 +32,9 @@ use tonic::codec::CompressionEncoding;
 
 /// A span as received, with the service name of its resource.
 #[derive(Clone, Debug)]
-struct Received {
+pub(crate) struct Received {
     service: String,
-    span: Span,
+    pub(crate) span: Span,
 }
 
 /// Attributes as strings, by key.
@@ -42,7 +42,7 @@ type Attributes = HashMap<String, String>;
 
 /// The in-test collector: records what the proxy exports over gRPC.
 #[derive(Clone, Default)]
-struct Collector {
+pub(crate) struct Collector {
     spans: Arc<Mutex<Vec<Received>>>,
     /// `x-tenant` metadata of the last trace export.
     tenant: Arc<Mutex<Option<String>>>,
@@ -144,7 +144,7 @@ impl MetricsService for Collector {
 }
 
 /// Starts the gRPC collector on a free port; it stops when the test's runtime ends.
-async fn start_collector() -> (Collector, SocketAddr) {
+pub(crate) async fn start_collector() -> (Collector, SocketAddr) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", common::free_port()))
         .await
         .expect("bind collector");
@@ -163,7 +163,7 @@ async fn start_collector() -> (Collector, SocketAddr) {
     (collector, addr)
 }
 
-fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {
+pub(crate) fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {
     kvs.iter()
         .map(|kv| {
             let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
@@ -233,7 +233,7 @@ upstream = "down"
 }
 
 /// Exports quickly, so the tests wait milliseconds rather than the default 5 s.
-const FAST_EXPORT: &[(&str, &str)] = &[
+pub(crate) const FAST_EXPORT: &[(&str, &str)] = &[
     ("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "100"),
     ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=edge"),
 ];
@@ -249,7 +249,7 @@ async fn edge_with_collector() -> (Collector, Backend, Backend, Proxy) {
     (collector, app, auth, proxy)
 }
 
-async fn wait_for_span(collector: &Collector, name: &str) -> Received {
+pub(crate) async fn wait_for_span(collector: &Collector, name: &str) -> Received {
     let found = wait_until(Duration::from_secs(15), || {
         collector.span_named(name).is_some()
     })

@@ -18,7 +18,7 @@ use pingora::ErrorType;
 use tokio::io::AsyncReadExt;
 
 use super::framing::{FramingError, Incoming, Outgoing};
-use super::{within, write_flushed};
+use super::within;
 
 /// The most header fields an answer may have (Pingora's limit).
 const MAX_HEADERS: usize = 256;
@@ -37,22 +37,15 @@ pub struct Answer {
     pub keepalive: bool,
 }
 
-/// Writes the request's header.
-pub async fn send_header(
-    upstream: &mut Stream,
-    request: &RequestHeader,
-    timeout: Option<Duration>,
-) -> Result<()> {
-    let wire = http_req_header_to_wire(request).ok_or_else(|| {
+/// The request's header as it goes on the wire.
+pub fn header_wire(request: &RequestHeader) -> Result<bytes::BytesMut> {
+    http_req_header_to_wire(request).ok_or_else(|| {
         Error::explain(
             ErrorType::InvalidHTTPHeader,
             "request target cannot be sent",
         )
         .into_up()
-    })?;
-    write_flushed(upstream, &wire, timeout, "writing the request header")
-        .await
-        .map_err(|e| e.into_up())
+    })
 }
 
 /// How the request body goes upstream: its `Content-Length`, or chunks of ours.
@@ -112,10 +105,16 @@ pub async fn read_answer(
         .await
         .map_err(|e| e.into_up())?;
         if read == 0 {
-            let e = Error::explain(
-                ErrorType::ConnectionClosed,
-                "upstream closed before answering",
-            );
+            // Closed before any byte of the answer: what a stale pooled connection does
+            // (`super::super::stale`); closed inside the header: a broken answer.
+            let e = if buf.is_empty() {
+                Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "upstream closed before answering",
+                )
+            } else {
+                Error::explain(ErrorType::InvalidHTTPHeader, "upstream closed mid-header")
+            };
             return Err(e.into_up());
         }
     }

@@ -259,6 +259,9 @@ impl BodyDecoder {
                         } else {
                             State::Trailers
                         }
+                    } else if !line.first().is_some_and(u8::is_ascii_hexdigit) {
+                        // httparse reads a line without digits (`;ext`) as size 0.
+                        return Err(FramingError::ChunkSize);
                     } else {
                         match httparse::parse_chunk_size(&line) {
                             Ok(httparse::Status::Complete((_, 0))) => State::Trailers,
@@ -473,5 +476,109 @@ mod tests {
         assert_eq!(decode(b"3\r\nabcX"), Err(FramingError::ChunkEnd));
         let long = [b"1;".as_slice(), &[b'e'; MAX_LINE]].concat();
         assert_eq!(decode(&long), Err(FramingError::LineTooLong));
+    }
+
+    /// The plainest chunked decoder that could work, on the whole body at once: what
+    /// [`BodyDecoder`] must agree with, whatever pieces the body arrives in.
+    /// Lines end in LF, with or without CR (RFC 9112 §2.2 lets a recipient take a bare LF).
+    fn reference_decode(mut wire: &[u8]) -> Option<Vec<u8>> {
+        let mut data = Vec::new();
+        let next_line = |wire: &mut &[u8]| {
+            let end = wire.iter().position(|b| *b == b'\n')?;
+            let line = wire[..end]
+                .strip_suffix(b"\r")
+                .unwrap_or(&wire[..end])
+                .to_vec();
+            *wire = &wire[end + 1..];
+            Some(line)
+        };
+        loop {
+            let line = next_line(&mut wire)?;
+            let line = std::str::from_utf8(&line).ok()?;
+            let size_text = line.split(';').next()?.trim_end_matches([' ', '\t']);
+            let size = usize::from_str_radix(size_text, 16).ok()?;
+            if size == 0 {
+                // Trailers up to the blank line.
+                while !next_line(&mut wire)?.is_empty() {}
+                return Some(data);
+            }
+            data.extend_from_slice(wire.get(..size)?);
+            wire = &wire[size..];
+            wire = wire
+                .strip_prefix(b"\r\n")
+                .or_else(|| wire.strip_prefix(b"\n"))?;
+        }
+    }
+
+    /// A chunked body of `chunks`, with chunk extensions and trailers where asked.
+    fn encode_chunked(chunks: &[Vec<u8>], extension: bool, trailer: bool) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+            wire.extend_from_slice(format!("{:X}", chunk.len()).as_bytes());
+            if extension {
+                wire.extend_from_slice(b";name=\"v;x\"");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(chunk);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n");
+        if trailer {
+            wire.extend_from_slice(b"x-checksum: 1\r\n");
+        }
+        wire.extend_from_slice(b"\r\n");
+        wire
+    }
+
+    /// Splits `wire` at the given cut points (taken modulo its length).
+    fn pieces<'a>(wire: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for cut in at {
+            out.push(&wire[start..cut]);
+            start = cut;
+        }
+        out.push(&wire[start..]);
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_decoder_agrees_with_a_naive_one_in_any_pieces(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..8),
+            extension in proptest::bool::ANY,
+            trailer in proptest::bool::ANY,
+            cuts in proptest::collection::vec(0usize..4096, 0..12),
+        ) {
+            let wire = encode_chunked(&chunks, extension, trailer);
+            let expected = reference_decode(&wire).expect("the reference reads its own encoding");
+            let (data, decoder) = decode_in(Incoming::Chunked, &pieces(&wire, &cuts));
+            proptest::prop_assert_eq!(data, expected);
+            proptest::prop_assert!(decoder.reusable());
+        }
+
+        #[test]
+        fn the_decoder_fails_or_agrees_on_arbitrary_bytes(
+            wire in proptest::collection::vec(proptest::sample::select(b"0123456789aAfF;\r\nxz =".to_vec()), 0..200),
+            cuts in proptest::collection::vec(0usize..256, 0..8),
+        ) {
+            let mut decoder = BodyDecoder::new(Incoming::Chunked);
+            let mut data = Vec::new();
+            let mut failed = false;
+            for piece in pieces(&wire, &cuts) {
+                if decoder.decode(piece, &mut |d| data.extend_from_slice(d)).is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            // Whatever the decoder completes, the reference reads the same way.
+            if !failed && decoder.is_done() {
+                let expected = reference_decode(&wire);
+                proptest::prop_assert_eq!(Some(data), expected);
+            }
+        }
     }
 }

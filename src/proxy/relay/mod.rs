@@ -49,15 +49,16 @@ use pingora::ErrorType;
 use tokio::io::AsyncWriteExt;
 
 use super::{EdgeProxy, RequestCtx, RequestKind, UPSTREAM_IDLE_TIMEOUT};
-use crate::telemetry::{self, Exchange};
+use crate::telemetry::{self, Exchange, StreamEnd};
 use exchange::Answer;
-use framing::{BodyDecoder, Outgoing};
+use framing::{BodyDecoder, Incoming, Outgoing};
 use pump::{End, Pump};
 
 /// Whether the request, just past `request_filter`, is relayed off Pingora's pipeline.
 pub fn detachable(session: &Session, ctx: &RequestCtx) -> bool {
     let downstream = session.as_downstream();
     ctx.proxy_route().is_some_and(|r| r.sse)
+        && ctx.snapshot.config.server.sse_relay
         && matches!(downstream, ServerSession::H1(_))
         && !downstream
             .req_header()
@@ -124,7 +125,7 @@ fn relay(
         let status = opened.status;
         let (end, sent, next) = match Box::pin(take_apart(session, opened.outgoing)).await {
             Ok((client, settings)) => {
-                let (end, sent, client) = relay_body(&proxy, opened, client).await;
+                let (end, sent, client) = relay_body(&proxy, opened, client, &mut ctx).await;
                 let finished = matches!(end, End::Finished);
                 let next = settings
                     .filter(|_| finished)
@@ -133,19 +134,28 @@ fn relay(
             }
             Err(e) => (End::ClientLeft(e), 0, None),
         };
-        match &end {
-            End::Finished => {}
-            End::Idle => tracing::debug!(
-                route = ctx.route_label(),
-                "SSE stream idle past the route timeout: ended"
-            ),
+        let stream_end = match &end {
+            End::Finished => StreamEnd::Complete,
+            End::Idle => {
+                tracing::debug!(
+                    route = ctx.route_label(),
+                    "SSE stream idle past the route timeout: cut"
+                );
+                StreamEnd::IdleTimeout
+            }
+            End::Shutdown => StreamEnd::Shutdown,
             End::ClientLeft(e) => {
                 super::log_failure(&ctx, e);
+                StreamEnd::ClientClosed
             }
             End::UpstreamFailed(e) => {
                 super::log_failure(&ctx, e);
                 telemetry::upstream_failed(&mut ctx.telemetry);
+                StreamEnd::UpstreamError
             }
+        };
+        if let Some(stream) = ctx.telemetry.stream() {
+            stream.ended(stream_end);
         }
         let exchange = Exchange::Relayed {
             request: &request,
@@ -163,7 +173,20 @@ fn relay(
 
 /// Relays the body to the bare `client` connection; returns how it ended, the body bytes
 /// sent and the connection.
-async fn relay_body(proxy: &EdgeProxy, opened: Opened, client: Stream) -> (End, u64, Stream) {
+async fn relay_body(
+    proxy: &EdgeProxy,
+    opened: Opened,
+    client: Stream,
+    ctx: &mut RequestCtx,
+) -> (End, u64, Stream) {
+    let stream = ctx.telemetry.take_stream();
+    // A heartbeat goes into chunks (or a body that ends with the connection), never into
+    // a declared length.
+    let heartbeat = ctx
+        .proxy_route()
+        .and_then(|r| r.sse_heartbeat)
+        .filter(|_| stream.as_ref().is_some_and(|s| s.is_event_stream()))
+        .filter(|_| matches!(opened.outgoing, Outgoing::Chunked | Outgoing::UntilClose));
     let mut pump = Pump {
         client,
         upstream: opened.upstream,
@@ -171,8 +194,11 @@ async fn relay_body(proxy: &EdgeProxy, opened: Opened, client: Stream) -> (End, 
         outgoing: opened.outgoing,
         idle: opened.idle,
         sent: 0,
+        stream,
+        heartbeat,
     };
     let end = pump.run(opened.preread).await;
+    ctx.telemetry.put_stream(pump.stream.take());
     if matches!(end, End::Finished) {
         let keepalive = opened.keepalive && pump.decoder.reusable();
         release_upstream(proxy, pump.upstream, opened.reuse_key, keepalive);
@@ -209,7 +235,7 @@ struct Opened {
 /// Connects, forwards the request (body streamed) and sends the client the answer's
 /// header (and, for an answer without a body, its end).
 async fn open(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) -> Result<Opened> {
-    let (mut upstream, peer) = connect(proxy, session, ctx).await?;
+    let (mut upstream, peer, reused) = connect(proxy, session, ctx).await?;
     let (read_timeout, write_timeout) = (peer.options.read_timeout, peer.options.write_timeout);
 
     let has_body = !session.is_body_empty();
@@ -217,37 +243,71 @@ async fn open(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) ->
     proxy
         .upstream_request_filter(session, &mut request, ctx)
         .await?;
-    exchange::send_header(&mut upstream, &request, write_timeout).await?;
-    if has_body && is_expect_continue_req(session.req_header()) {
-        // As nginx does, the proxy itself asks for the body it is about to stream (the
-        // upstream is not asked: `upstream_request` leaves `Expect` out).
-        session
-            .as_downstream_mut()
-            .write_continue_response()
-            .await
-            .map_err(|e| e.into_down())?;
-    }
-    if has_body {
-        let framing = exchange::request_framing(&request);
-        forward_request_body(proxy, session, ctx, &mut upstream, framing, write_timeout).await?;
-    }
-
-    // An answer can take long to start (a model's first token): a client leaving meanwhile
-    // ends the exchange as it does mid-stream.
-    let answer = exchange::read_answer(&mut upstream, &request, read_timeout);
+    // On a reused connection, what is sent is held (bounded) to be sent again on a new
+    // one, should the upstream have closed the connection under the request.
+    let mut sent = Sent::new(reused);
+    let header = exchange::header_wire(&request)?;
+    let expect_continue = has_body && is_expect_continue_req(session.req_header());
+    let framing = exchange::request_framing(&request);
+    let (mut header_sent, mut body_done) = (false, !has_body);
+    let answer = loop {
+        let attempt = async {
+            if !header_sent {
+                sent.write(&mut upstream, &header, write_timeout).await?;
+                header_sent = true;
+                if expect_continue {
+                    // As nginx does, the proxy itself asks for the body it is about to
+                    // stream (the upstream is not asked: `upstream_request` leaves `Expect`
+                    // out).
+                    session
+                        .as_downstream_mut()
+                        .write_continue_response()
+                        .await
+                        .map_err(|e| e.into_down())?;
+                }
+            }
+            if !body_done {
+                let sending = (&mut sent, write_timeout);
+                forward_request_body(proxy, session, ctx, &mut upstream, framing, sending).await?;
+                body_done = true;
+            }
+            // An answer can take long to start (a model's first token): a client leaving
+            // meanwhile ends the exchange as it does mid-stream.
+            let answer = exchange::read_answer(&mut upstream, &request, read_timeout);
+            unless_client_leaves(session, answer).await
+        };
+        match attempt.await {
+            Ok(answer) => break answer,
+            Err(e) if sent.can_resend() && super::stale::closed_under_request(&e) => {
+                tracing::debug!(route = ctx.route_label(), "stale pooled connection: {e}");
+                upstream = proxy
+                    .shared
+                    .relay_connector
+                    .new_stream(&*peer)
+                    .await
+                    .map_err(|e| e.into_up())?;
+                sent.resend(&mut upstream, write_timeout).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    drop(sent);
     let Answer {
         header,
         incoming,
         preread,
         keepalive,
-    } = unless_client_leaves(session, answer).await?;
+    } = answer;
     let mut response = Box::new(header);
     proxy
         .upstream_response_filter(session, &mut response, ctx)
         .await?;
     proxy.response_filter(session, &mut response, ctx).await?;
     let client_version = session.req_header().version;
-    let outgoing = Outgoing::choose(incoming, client_version, &mut response);
+    let mut outgoing = Outgoing::choose(incoming, client_version, &mut response);
+    if incoming == Incoming::Length(0) {
+        outgoing = Outgoing::Empty; // complete with its header
+    }
     if outgoing == Outgoing::UntilClose {
         session.set_keepalive(None);
     }
@@ -400,17 +460,17 @@ fn closed_stream() -> Stream {
     Box::new(Cursor::new(Vec::new()))
 }
 
-/// An upstream connection, trying the next address as Pingora does when `fail_to_connect`
-/// marks the error for retry.
+/// An upstream connection (and whether it was reused from the pool), trying the next
+/// address as Pingora does when `fail_to_connect` marks the error for retry.
 async fn connect(
     proxy: &EdgeProxy,
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> Result<(Stream, Box<HttpPeer>)> {
+) -> Result<(Stream, Box<HttpPeer>, bool)> {
     loop {
         let peer = proxy.upstream_peer(session, ctx).await?;
         match proxy.shared.relay_connector.get_stream(&*peer).await {
-            Ok((stream, _reused)) => return Ok((stream, peer)),
+            Ok((stream, reused)) => return Ok((stream, peer, reused)),
             Err(e) => {
                 let e = proxy.fail_to_connect(session, &peer, ctx, e.into_up());
                 if !e.retry() {
@@ -421,6 +481,60 @@ async fn connect(
     }
 }
 
+/// The most of a request (header and body) held to be sent again when a reused upstream
+/// connection turns out closed: Pingora's retry buffer holds as much.
+const RESEND_LIMIT: usize = 64 * 1024;
+
+/// What has been written of the request upstream; held, up to [`RESEND_LIMIT`], when the
+/// connection was reused, so that it can be sent again on a new one.
+struct Sent {
+    held: Option<Vec<u8>>,
+}
+
+impl Sent {
+    fn new(reused: bool) -> Sent {
+        Sent {
+            held: reused.then(Vec::new),
+        }
+    }
+
+    /// Writes (and flushes) `wire` upstream, holding it while it fits.
+    async fn write(
+        &mut self,
+        upstream: &mut Stream,
+        wire: &[u8],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<()> {
+        if let Some(held) = &mut self.held {
+            if held.len() + wire.len() <= RESEND_LIMIT {
+                held.extend_from_slice(wire);
+            } else {
+                self.held = None; // too big to send again: a failure now is final
+            }
+        }
+        write_flushed(upstream, wire, timeout, "writing the request")
+            .await
+            .map_err(|e| e.into_up())
+    }
+
+    /// Whether everything sent so far is held, so the request can go again.
+    fn can_resend(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Sends what is held on a new connection; the next failure is final.
+    async fn resend(
+        &mut self,
+        upstream: &mut Stream,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let held = self.held.take().unwrap_or_default();
+        write_flushed(upstream, &held, timeout, "writing the request again")
+            .await
+            .map_err(|e| e.into_up())
+    }
+}
+
 /// Streams the client's request body to the upstream, through `request_body_filter`.
 async fn forward_request_body(
     proxy: &EdgeProxy,
@@ -428,7 +542,7 @@ async fn forward_request_body(
     ctx: &mut RequestCtx,
     upstream: &mut Stream,
     framing: Outgoing,
-    timeout: Option<std::time::Duration>,
+    (sent, timeout): (&mut Sent, Option<std::time::Duration>),
 ) -> Result<()> {
     let mut wire = Vec::new();
     loop {
@@ -448,9 +562,7 @@ async fn forward_request_body(
         if end {
             wire.extend_from_slice(framing.end());
         }
-        write_flushed(upstream, &wire, timeout, "writing the request body")
-            .await
-            .map_err(|e| e.into_up())?;
+        sent.write(upstream, &wire, timeout).await?;
         if end {
             return Ok(());
         }

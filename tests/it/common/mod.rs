@@ -223,6 +223,12 @@ impl Proxy {
         Proxy::start_with_env(body, &[])
     }
 
+    /// [`Proxy::start`] with `server.sse_relay` set: SSE routes relayed off Pingora's
+    /// pipeline (`true`, the default) or left in it.
+    pub fn start_on(relay: bool, body: &str) -> Proxy {
+        Proxy::start(&format!("sse_relay = {relay}\n{body}"))
+    }
+
     /// Starts `config` with a listener on a free port, 2 threads and a 2 s grace period.
     pub fn with(config: &TestConfig) -> Proxy {
         Proxy::start_on_free_port(
@@ -603,4 +609,25 @@ pub fn tool(name: &str, candidates: &[&'static str]) -> Option<&'static str> {
         eprintln!("SKIPPED: {name} not found at {candidates:?} (.ci/run installs it)");
     }
     found
+}
+
+/// Runs each `async fn name(relay: bool)` of the module as two tests, `name::relay` and
+/// `name::pipeline`: streams relayed off Pingora's pipeline and streams in it
+/// (`server.sse_relay`).
+#[macro_export]
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn relay() {
+                    super::$name(true).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn pipeline() {
+                    super::$name(false).await
+                }
+            }
+        )*
+    };
 }
