@@ -8,6 +8,7 @@ pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod healthcheck;
+pub mod nginx;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

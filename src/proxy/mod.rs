@@ -6,6 +6,7 @@ mod forward;
 mod relay;
 mod respond;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ use crate::state::SharedState;
 use crate::telemetry::AuthResult;
 use crate::upstream::Upstream;
 use forward::{make_room, rewrite_uri};
-use respond::{error_status, local_response, relay_denial};
+use respond::{error_status, local_answer, local_response, relay_denial};
 
 /// Idle time after which a pooled upstream connection is closed; also how long the pools of
 /// an upstream removed by a reload take to drain.
@@ -134,6 +135,8 @@ enum Answer {
     Health,
     Reject(StatusCode, &'static str),
     Return(usize),
+    /// nginx's 301 from `/p` to the slashed path of route `usize` (SPEC §2).
+    SlashRedirect(usize),
     CacheHit(std::sync::Arc<Entry>),
 }
 
@@ -202,7 +205,11 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.request_body_bytes += chunk.len() as u64;
-            if ctx.request_body_bytes > ctx.snapshot.config.server.client_max_body_size {
+            let limit = ctx
+                .route()
+                .and_then(|r| r.client_max_body_size)
+                .unwrap_or(ctx.snapshot.config.server.client_max_body_size);
+            if ctx.request_body_bytes > limit {
                 // Failing here aborts the upstream request before its last chunk is sent.
                 return Error::e_explain(
                     ErrorType::HTTPStatus(413),
@@ -343,7 +350,7 @@ impl ProxyHttp for EdgeProxy {
             for name in &route.hide_response_headers {
                 response.remove_header(name);
             }
-            if route.sse {
+            if route.sse && respond::adds_headers(response.status) {
                 response.insert_header(header::CACHE_CONTROL, "no-cache")?;
                 response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
             }
@@ -531,17 +538,29 @@ impl EdgeProxy {
         if normalized.bytes().any(|b| b.is_ascii_control()) {
             return reject(StatusCode::BAD_REQUEST, "control character in the path");
         }
+        // nginx finds the redirect in its prefix tree, before regex locations and auth.
+        if let Some(index) = config.slash_redirects.find(&normalized) {
+            ctx.route = Some(index);
+            return Decision::Answer(Answer::SlashRedirect(index));
+        }
         let Some(found) = config.router.find(&normalized) else {
             return reject(StatusCode::NOT_FOUND, "no route");
         };
         ctx.route = Some(found.index);
-        let route = match &config.routes[found.index].action {
+        let route_config = &config.routes[found.index];
+        if route_config.internal {
+            return reject(StatusCode::NOT_FOUND, "internal route");
+        }
+        let route = match &route_config.action {
             RouteAction::Return { .. } => return Decision::Answer(Answer::Return(found.index)),
             RouteAction::Proxy(route) => route,
         };
+        let body_limit = route_config
+            .client_max_body_size
+            .unwrap_or(config.server.client_max_body_size);
         match content_length(req) {
             Err(()) => return reject(StatusCode::BAD_REQUEST, "bad Content-Length"),
-            Ok(Some(len)) if len > config.server.client_max_body_size => {
+            Ok(Some(len)) if len > body_limit => {
                 return reject(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "Content-Length over client_max_body_size",
@@ -596,9 +615,26 @@ async fn answer_locally(session: &mut Session, ctx: &mut RequestCtx, answer: Ans
         }
         Answer::Return(index) => {
             let snapshot = ctx.snapshot.clone();
-            if let RouteAction::Return { status, body } = &snapshot.config.routes[index].action {
-                local_response(session, ctx, *status, body.as_deref()).await?;
+            if let RouteAction::Return {
+                status,
+                body,
+                redirect,
+            } = &snapshot.config.routes[index].action
+            {
+                let location = redirect.as_ref().map(Cow::Borrowed);
+                local_answer(session, ctx, *status, body.as_deref(), location).await?;
             }
+        }
+        Answer::SlashRedirect(index) => {
+            let location = respond::slash_location(ctx, index, session.req_header());
+            local_answer(
+                session,
+                ctx,
+                StatusCode::MOVED_PERMANENTLY,
+                None,
+                location.map(Cow::Owned),
+            )
+            .await?;
         }
         Answer::CacheHit(entry) => crate::cache::serve_hit(session, ctx, &entry).await?,
     }

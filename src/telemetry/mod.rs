@@ -375,8 +375,9 @@ pub fn request_finished(exchange: &Exchange<'_>, ctx: &mut RequestCtx, status: u
     let span = ctx.telemetry.span.take();
     let prometheus = metrics::requests_counted();
     let otlp = otlp_pipeline();
-    let logs =
-        ctx.kind != RequestKind::Health && ctx.snapshot.config.access_log.target != LogTarget::Off;
+    let logs = ctx.kind != RequestKind::Health
+        && ctx.snapshot.config.access_log.target != LogTarget::Off
+        && ctx.route().is_none_or(|r| r.access_log);
     let access_log = global().filter(|_| logs).map(|t| &t.access_log);
     if !prometheus && otlp.is_none() && access_log.is_none() {
         return;
