@@ -45,7 +45,8 @@ const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a rejected request body is read and dropped before the connection closes.
 const LINGERING_TIME: Duration = Duration::from_secs(5);
 
-static X_ACCEL_BUFFERING: header::HeaderName = header::HeaderName::from_static("x-accel-buffering");
+pub(crate) static X_ACCEL_BUFFERING: header::HeaderName =
+    header::HeaderName::from_static("x-accel-buffering");
 
 /// The proxy's phases. A handle: clones share everything, so that an SSE stream's relay
 /// (see `relay`) runs the same phases on a task of its own.
@@ -349,10 +350,6 @@ impl ProxyHttp for EdgeProxy {
         if let Some(route) = ctx.proxy_route() {
             for name in &route.hide_response_headers {
                 response.remove_header(name);
-            }
-            if route.sse && respond::adds_headers(response.status) {
-                response.insert_header(header::CACHE_CONTROL, "no-cache")?;
-                response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
             }
         }
         // The asset cache captures the upstream's own header, so it goes before the rest.

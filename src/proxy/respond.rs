@@ -13,7 +13,9 @@ use pingora::proxy::Session;
 use pingora::{ErrorSource, ErrorType};
 
 use super::context::RequestCtx;
+use super::X_ACCEL_BUFFERING;
 use crate::auth::Denial;
+use crate::config::RouteAction;
 use crate::routing::{encode_path, Matcher};
 
 /// Writes a complete plain-text answer. `body = None` sends the status's reason phrase.
@@ -85,16 +87,21 @@ pub async fn relay_denial(
     Ok(())
 }
 
-/// The global headers (every answer), then the matched route's own ones (the statuses of
-/// nginx's `add_header` without `always`).
+/// The global headers (every answer), then the matched route's own ones and those of an
+/// `sse` route (the statuses of nginx's `add_header` without `always`).
 pub fn add_configured_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     for (name, value) in &ctx.snapshot.config.response_headers {
         resp.insert_header(name.clone(), value.clone())?;
     }
-    if let Some(route) = ctx.route().filter(|_| adds_headers(resp.status)) {
-        for (name, value) in &route.add_response_headers {
-            resp.insert_header(name.clone(), value.clone())?;
-        }
+    let Some(route) = ctx.route().filter(|_| adds_headers(resp.status)) else {
+        return Ok(());
+    };
+    if matches!(&route.action, RouteAction::Proxy(p) if p.sse) {
+        resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+        resp.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
+    }
+    for (name, value) in &route.add_response_headers {
+        resp.insert_header(name.clone(), value.clone())?;
     }
     Ok(())
 }

@@ -261,8 +261,13 @@ impl Proxy {
 
     /// Starts with a complete config whose listener is `127.0.0.1:{port}`.
     pub fn start_raw(config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_named("astron-edge.toml", config, port, env)
+    }
+
+    /// [`Proxy::start_raw`] with the config written as `file_name` (`nginx.conf`: nginx syntax).
+    pub fn start_named(file_name: &str, config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("astron-edge.toml");
+        let config_path = dir.path().join(file_name);
         std::fs::write(&config_path, config).expect("write config");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
