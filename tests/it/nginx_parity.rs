@@ -47,7 +47,7 @@ const HOSTS: &[(&str, &str)] = &[
     ("host.docker.internal:3000", "HOST_DOCKER_INTERNAL_ADDR"),
 ];
 
-/// The versions both import and serve; `9999-12-31-c4fe9dc4` is refused by both (below).
+/// The versions both import and serve; `9999-12-31-c4fe9dcf` is refused by both (below).
 const VERSIONS: &[&str] = &[
     "iflytek-520bed76",
     "iflytek-77a2caeb",
@@ -60,6 +60,9 @@ const VERSIONS: &[&str] = &[
     "zhuxinghan01-2e01b403",
     "RainonMo-946d0656",
     "itwanger-PaiAgent-2c5a1e65",
+    "itwanger-PaiAgent-b3299ec7",
+    "zhuxinghan01-f685f025",
+    "9999-12-31-d76399b6",
 ];
 
 const AUTH_PATH: &str = "/internal/gateway/auth/workflow";
@@ -99,7 +102,7 @@ async fn backend(tag: &'static str) -> Backend {
                 "{tag} {} {} {}",
                 req.method,
                 req.uri,
-                String::from_utf8_lossy(&req.body)
+                req.body.len()
             )))
             .expect("answer")
     })
@@ -177,6 +180,8 @@ struct Case {
     method: &'static str,
     path: &'static str,
     auth: Option<&'static str>,
+    /// Bytes of request body (POST): 2 MiB tests `client_max_body_size` and its 1m default.
+    body_len: usize,
 }
 
 const fn get(path: &'static str) -> Case {
@@ -184,6 +189,7 @@ const fn get(path: &'static str) -> Case {
         method: "GET",
         path,
         auth: None,
+        body_len: 0,
     }
 }
 
@@ -192,6 +198,7 @@ const fn with_auth(method: &'static str, path: &'static str, token: &'static str
         method,
         path,
         auth: Some(token),
+        body_len: 7,
     }
 }
 
@@ -228,6 +235,12 @@ const CASES: &[Case] = &[
     get("/api/wechat-bot/hook"),
     get("/xingchen-api/x"),
     with_auth("POST", "/console-api/workflow/chat", "Bearer good"),
+    Case {
+        method: "POST",
+        path: "/console-api/upload",
+        auth: None,
+        body_len: 2 << 20,
+    },
 ];
 
 /// Upstream request headers compared (forged values are sent for the identity ones).
@@ -303,8 +316,10 @@ async fn observe(addr: SocketAddr, case: &Case, backends: &[(&str, &Backend)]) -
     if let Some(token) = case.auth {
         req = req.header("Authorization", token);
     }
-    if case.method == "POST" {
+    if case.body_len == 7 {
         req = req.body("{\"q\":1}");
+    } else if case.body_len > 0 {
+        req = req.body(vec![b'x'; case.body_len]);
     }
     let resp = req.send().await.expect("answer");
     let status = resp.status().as_u16();
@@ -332,11 +347,12 @@ async fn observe(addr: SocketAddr, case: &Case, backends: &[(&str, &Backend)]) -
                 auth.push((format!("{tag} {} {}", r.method, r.uri), h));
             } else {
                 assert!(upstream.is_none(), "{}: two upstream requests", case.path);
-                upstream = Some((
-                    format!("{tag} {} {}", r.method, r.uri),
-                    hm,
-                    String::from_utf8_lossy(&r.body).into_owned(),
-                ));
+                let body = if r.body.len() > 64 {
+                    format!("{} bytes", r.body.len())
+                } else {
+                    String::from_utf8_lossy(&r.body).into_owned()
+                };
+                upstream = Some((format!("{tag} {} {}", r.method, r.uri), hm, body));
             }
         }
     }
@@ -473,7 +489,7 @@ async fn a_version_nginx_refuses_is_refused_at_the_same_line() {
     let Some(nginx) = common::tool("nginx", &["/usr/sbin/nginx"]) else {
         return;
     };
-    let conf = format!("{FIXTURES}/9999-12-31-c4fe9dc4.conf");
+    let conf = format!("{FIXTURES}/9999-12-31-c4fe9dcf.conf");
     let dir = tempfile::tempdir().expect("tempdir");
     let nginx_test = Command::new(nginx)
         .args(["-t", "-p"])
@@ -489,7 +505,7 @@ async fn a_version_nginx_refuses_is_refused_at_the_same_line() {
         .expect("nginx -t");
     assert!(!nginx_test.status.success());
     let nginx_says = String::from_utf8_lossy(&nginx_test.stderr).into_owned();
-    assert!(nginx_says.contains("c4fe9dc4.conf:28"), "{nginx_says}");
+    assert!(nginx_says.contains("c4fe9dcf.conf:28"), "{nginx_says}");
     let edge = Command::new(common::binary())
         .args(["check", "-c", &conf])
         .output()
@@ -497,7 +513,7 @@ async fn a_version_nginx_refuses_is_refused_at_the_same_line() {
     assert_eq!(edge.status.code(), Some(1));
     let edge_says = String::from_utf8_lossy(&edge.stderr).into_owned();
     assert!(
-        edge_says.contains("c4fe9dc4.conf:28:5: \"client_max_body_size\" directive is duplicate"),
+        edge_says.contains("c4fe9dcf.conf:28:5: \"client_max_body_size\" directive is duplicate"),
         "{edge_says}"
     );
 }
