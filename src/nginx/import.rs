@@ -935,7 +935,7 @@ fn write_toml(
         ),
     );
     for (pos, why) in ignored {
-        toml.line(Some(pos), &format!("# {}: {why}", pos.file_line()));
+        toml.line(Some(pos), &format!("# {why}  ({})", pos.file_line()));
     }
     toml.blank();
 
@@ -1219,6 +1219,13 @@ fn proxy_target(
             return Err(arg
                 .pos
                 .error(format!("invalid port in proxy_pass \"{authority}\"")))
+        }
+        // A bare name is an upstream block's, in all likelihood: a typo must not become a
+        // host name nginx would have refused to start with.
+        None if !authority.contains('.') && authority != "localhost" => {
+            return Err(arg.pos.error(format!(
+                "no upstream \"{authority}\" is defined (an upstream block, or host:port)"
+            )))
         }
         None => (authority, "80"),
     };
