@@ -89,3 +89,127 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn is_nginx_path(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()) != Some("toml")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Whatever the text, the import ends in TOML or in an error with a position; the TOML
+    /// either validates or fails with a position (moved into the nginx file).
+    fn no_panic_and_positioned(text: &str) {
+        let path = Path::new("fuzz/nginx.conf");
+        match parse_text(path, text).and_then(|d| import::import(path, &d)) {
+            Ok(imported) => {
+                if let Err(e) =
+                    crate::config::parse(path, &imported.toml).map_err(|e| imported.locate(path, e))
+                {
+                    assert!(e.position().is_some(), "{e}");
+                }
+            }
+            Err(e) => assert!(e.line > 0 && e.col > 0, "{e}"),
+        }
+    }
+
+    const SOUP: &[&str] = &[
+        "http",
+        "server",
+        "location",
+        "upstream",
+        "{",
+        "}",
+        ";",
+        ";",
+        "}",
+        "proxy_pass",
+        "http://a:1",
+        "http://a:1/x/",
+        "http://up",
+        "return",
+        "404",
+        "200",
+        "301",
+        "\"x\"",
+        "add_header",
+        "X-A",
+        "always",
+        "listen",
+        "80",
+        "443",
+        "ssl",
+        "=",
+        "^~",
+        "~",
+        "~*",
+        "/",
+        "/a/",
+        "/a",
+        "\\.(js)$",
+        "(",
+        "[",
+        "proxy_set_header",
+        "Host",
+        "$host",
+        "\"\"",
+        "$http_x",
+        "$v",
+        "auth_request",
+        "/auth",
+        "auth_request_set",
+        "$upstream_http_x",
+        "expires",
+        "1y",
+        "-1",
+        "gzip",
+        "on",
+        "off",
+        "gzip_types",
+        "text/plain",
+        "client_max_body_size",
+        "1m",
+        "0",
+        "keepalive_timeout",
+        "internal",
+        "proxy_buffering",
+        "access_log",
+        "include",
+        "missing.conf",
+        "#c\n",
+        "\n",
+        "rewrite",
+        "proxy_read_timeout",
+        "60s",
+        "server_name",
+        "ssl_certificate",
+        "x.pem",
+        "log_format",
+        "main",
+        "'",
+        "\"",
+        "\\",
+        "${",
+        "events",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            no_panic_and_positioned(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn directive_soup_never_panics(picks in proptest::collection::vec(0..SOUP.len(), 0..120)) {
+            let text = picks.iter().map(|&i| SOUP[i]).collect::<Vec<_>>().join(" ");
+            no_panic_and_positioned(&text);
+        }
+
+        #[test]
+        fn soup_inside_a_valid_frame_never_panics(picks in proptest::collection::vec(0..SOUP.len(), 0..60)) {
+            let soup = picks.iter().map(|&i| SOUP[i]).collect::<Vec<_>>().join(" ");
+            let text = format!("http {{ server {{ listen 80; location / {{ {soup} }} }} }}");
+            no_panic_and_positioned(&text);
+        }
+    }
+}
