@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::emit::{list, quote, quote_env, quote_literal, Toml};
 use super::syntax::{Arg, Directive, Pos};
-use super::values::{duration_text, size, time};
+use super::values::{duration_text, size, size_text, time};
 use super::NginxError;
 use crate::config::ConfigError;
 
@@ -962,7 +962,10 @@ fn write_toml(
         .client_max_body_size
         .clone()
         .unwrap_or((1 << 20, server.pos.clone().unwrap_or_else(|| dummy(path))));
-    toml.line(Some(&body.1), &format!("client_max_body_size = {}", body.0));
+    toml.line(
+        Some(&body.1),
+        &format!("client_max_body_size = {}", size_text(body.0)),
+    );
     let keepalive = http
         .keepalive_timeout
         .clone()
@@ -1391,7 +1394,10 @@ fn route(
     }
     if let Some((n, pos)) = &level.client_max_body_size {
         if server.level.client_max_body_size.as_ref().map(|s| s.0) != Some(*n) {
-            lines.push((Some(pos.clone()), format!("client_max_body_size = {n}")));
+            lines.push((
+                Some(pos.clone()),
+                format!("client_max_body_size = {}", size_text(*n)),
+            ));
         }
     }
 

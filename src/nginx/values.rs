@@ -60,6 +60,17 @@ pub fn size(text: &str) -> Option<u64> {
     number.checked_mul(factor)
 }
 
+/// A size as the TOML loader reads it (`"20m"`, `"64k"`, bytes otherwise).
+pub fn size_text(n: u64) -> String {
+    if n != 0 && n % (1 << 20) == 0 {
+        format!("\"{}m\"", n >> 20)
+    } else if n != 0 && n % (1 << 10) == 0 {
+        format!("\"{}k\"", n >> 10)
+    } else {
+        n.to_string()
+    }
+}
+
 /// A duration as the TOML loader reads it (`"65s"`, `"500ms"`).
 pub fn duration_text(d: Duration) -> String {
     if d.subsec_millis() == 0 {

@@ -384,3 +384,24 @@ async fn internal_routes_are_404_and_never_proxied_and_return_redirects() {
     let r = fetch(&proxy, "GET", "/old", &[]).await;
     assert_eq!((r.status, r.header("location")), (302, Some("/new/")));
 }
+
+#[test]
+fn the_shipped_config_is_the_import_of_the_newest_stack_conf() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("sh")
+        .arg(format!("{root}/tests/fixtures/nginx/shipped.sh"))
+        .arg(common::binary())
+        .output()
+        .expect("shipped.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped =
+        std::fs::read_to_string(format!("{root}/conf/astron-edge.toml")).expect("shipped");
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == shipped,
+        "conf/astron-edge.toml differs from tests/fixtures/nginx/shipped.sh's output: regenerate it"
+    );
+}
