@@ -255,6 +255,16 @@ fn list_has(value: &HeaderValue, f: impl Fn(&str) -> bool) -> bool {
     })
 }
 
+/// In `upstream_request_filter`: a request the cache will try to store asks the upstream for
+/// the identity body. A front end that gzips whenever the client accepts it (the stack's
+/// console-frontend) would otherwise answer with a `Content-Encoding` the cache refuses;
+/// the proxy compresses what it serves from the cache itself.
+pub fn upstream_request_filter(upstream_request: &mut RequestHeader, ctx: &RequestCtx) {
+    if ctx.asset.is_some() {
+        upstream_request.remove_header(&header::ACCEPT_ENCODING);
+    }
+}
+
 /// In `response_filter`: starts capturing a missed response, marks it `X-Cache: MISS`, and
 /// sets the route's cache headers. One branch each when neither applies.
 pub fn response_filter(

@@ -328,6 +328,7 @@ impl ProxyHttp for EdgeProxy {
         if route.sse {
             upstream_request.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
         }
+        crate::cache::upstream_request_filter(upstream_request, ctx);
         Ok(())
     }
 
