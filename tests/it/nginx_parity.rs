@@ -272,21 +272,24 @@ const ANSWER_HEADERS: &[&str] = &[
     "location",
 ];
 
+/// Header names with their values (`None`: absent), in a fixed order.
+type Headers = Vec<(String, Option<String>)>;
+
 /// What one request did, normalised for comparison.
 #[derive(Debug, PartialEq)]
 struct Seen {
     status: u16,
     /// `tag METHOD uri` of the backend that got the request, with the compared headers.
-    upstream: Option<(String, Vec<(String, Option<String>)>, String)>,
+    upstream: Option<(String, Headers, String)>,
     /// The forward-auth call: its path and the headers it carried.
-    auth: Vec<(String, Vec<(String, Option<String>)>)>,
-    headers: Vec<(String, Option<String>)>,
+    auth: Vec<(String, Headers)>,
+    headers: Headers,
     expires: bool,
     /// Compared only for answers a backend gave (D1), and `return` texts.
     body: Option<String>,
 }
 
-fn picked(headers: &hyper::HeaderMap, names: &[&str]) -> Vec<(String, Option<String>)> {
+fn picked(headers: &hyper::HeaderMap, names: &[&str]) -> Headers {
     names
         .iter()
         .map(|n| {
