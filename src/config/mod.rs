@@ -261,7 +261,16 @@ impl Config {
                 }
                 RouteAction::Return { status, .. } => format!("return {}", status.as_u16()),
             };
-            let _ = writeln!(out, "  {:<40} {:<28} {action}", matcher, route.name);
+            let internal = if route.internal {
+                " (internal: 404)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {:<40} {:<28} {action}{internal}",
+                matcher, route.name
+            );
         }
         out
     }

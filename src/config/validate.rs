@@ -205,12 +205,11 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
         other => check.err(0..0, other.to_string()),
     })?;
 
-    let slash_redirects = SlashRedirects::new(routes.iter().map(|r| {
-        (
-            &r.matcher,
-            matches!(r.action, RouteAction::Proxy(_)) && !r.internal,
-        )
-    }));
+    let slash_redirects = SlashRedirects::new(
+        routes
+            .iter()
+            .map(|r| (&r.matcher, matches!(r.action, RouteAction::Proxy(_)))),
+    );
     Ok(Config {
         slash_redirects,
         source: file.to_owned(),

@@ -484,7 +484,11 @@ impl Importer {
     }
 
     fn upstream_block(&mut self, d: &Directive) -> Result<UpstreamBlock, NginxError> {
-        let name = &args(d, 1, 1)?[0];
+        let [name] = d.args.as_slice() else {
+            return Err(d
+                .pos
+                .error("invalid number of arguments in \"upstream\" directive"));
+        };
         let mut servers = Vec::new();
         for inner in block_of(d)? {
             match inner.name.as_str() {
@@ -1406,7 +1410,27 @@ fn route(
     let mut headers_done: Vec<String> = Vec::new();
     let mut sse = false;
     if loc.internal {
-        lines.push((None, "return = 404".into()));
+        // Answered 404 to clients; the upstream stays so that, as in nginx, the bare path of
+        // a slashed internal location is 404 too (not the next route's).
+        match &loc.proxy_pass {
+            Some(target) => {
+                let (upstream, uri) = proxy_target(target, upstreams)?;
+                lines.push((
+                    Some(target.pos.clone()),
+                    format!("upstream = {}", quote(&upstream)),
+                ));
+                if let (Some(uri), false) = (
+                    uri,
+                    matches!(loc.modifier, Modifier::Regex | Modifier::RegexNoCase),
+                ) {
+                    lines.push((
+                        Some(target.pos.clone()),
+                        format!("upstream_path = {}", quote(&uri)),
+                    ));
+                }
+            }
+            None => lines.push((None, "return = 404".into())),
+        }
     } else if let Some((code, text)) = &loc.ret {
         let (status, text) = match code.text.parse::<u16>() {
             Ok(status) => (status, text.clone()),
@@ -1802,4 +1826,101 @@ fn auth(
         location: index,
     });
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nginx::parse_text;
+
+    fn toml_of(text: &str) -> String {
+        let path = Path::new("t/nginx.conf");
+        let directives = parse_text(path, text).expect("parses");
+        import(path, &directives).expect("imports").toml
+    }
+
+    /// The lines of the route whose `name = "..."` is `name`.
+    fn route<'a>(toml: &'a str, name: &str) -> Vec<&'a str> {
+        let start = toml
+            .find(&format!("name = \"{name}\""))
+            .unwrap_or_else(|| panic!("no route {name}: {toml}"));
+        toml[start..]
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn array_directives_are_inherited_only_by_levels_without_their_own() {
+        let toml = toml_of(
+            "http { proxy_read_timeout 5s; server { listen 80;\n\
+             proxy_set_header X-A 1;\n\
+             location /a/ { proxy_pass http://h:1; }\n\
+             location /b/ { proxy_pass http://h:1; proxy_set_header X-B 2;\n\
+               add_header X-Own 1;\n\
+               location /b/c/ { proxy_pass http://h:1; proxy_read_timeout 7s; } }\n\
+             } }",
+        );
+        let a = route(&toml, "a");
+        assert!(
+            a.contains(&"set_request_headers = { \"X-A\" = \"1\" }"),
+            "{a:?}"
+        );
+        assert!(a.contains(&"timeout = \"5s\""), "{a:?}");
+        let b = route(&toml, "b");
+        assert!(
+            b.contains(&"set_request_headers = { \"X-B\" = \"2\" }"),
+            "{b:?}"
+        );
+        // The nested location inherits its parent's arrays and overrides the scalar.
+        let c = route(&toml, "b-c");
+        assert!(
+            c.contains(&"set_request_headers = { \"X-B\" = \"2\" }"),
+            "{c:?}"
+        );
+        assert!(
+            c.contains(&"add_response_headers = { \"X-Own\" = \"1\" }"),
+            "{c:?}"
+        );
+        assert!(c.contains(&"timeout = \"7s\""), "{c:?}");
+    }
+
+    #[test]
+    fn nginx_defaults_where_the_conf_sets_none() {
+        let toml = toml_of("http { server { location / { proxy_pass http://h:1; } } }");
+        assert!(toml.contains("client_max_body_size = \"1m\""), "{toml}");
+        assert!(toml.contains("keepalive_timeout = \"75s\""), "{toml}");
+        assert!(toml.contains("connect_timeout = \"60s\""), "{toml}");
+        assert!(
+            toml.contains("enabled = false"),
+            "gzip is off in nginx by default"
+        );
+        assert!(toml.contains("level = 1"), "{toml}");
+        assert!(toml.contains("min_length = 20"), "{toml}");
+        assert!(
+            toml.contains("listen = [\"${EDGE_LISTEN:-0.0.0.0:80}\"]"),
+            "{toml}"
+        );
+    }
+
+    #[test]
+    fn upstream_blocks_and_returns() {
+        let toml = toml_of(
+            "http { upstream pool { server 10.0.0.1:81; server b.internal; keepalive 8; }\n\
+             server { listen 8080;\n\
+             location = / { return 302 /demo/; }\n\
+             location /x { return https://example.com/; }\n\
+             location /api/ { proxy_pass http://pool/v1/; } } }",
+        );
+        assert!(
+            toml.contains("servers = [\"10.0.0.1:81\", \"b.internal:80\"]"),
+            "{toml}"
+        );
+        let root = route(&toml, "root");
+        assert!(root.contains(&"return = 302") && root.contains(&"redirect = \"/demo/\""));
+        let x = route(&toml, "x");
+        assert!(x.contains(&"redirect = \"https://example.com/\""), "{x:?}");
+        let api = route(&toml, "api");
+        assert!(api.contains(&"upstream = \"pool\"") && api.contains(&"upstream_path = \"/v1/\""));
+    }
 }

@@ -539,6 +539,9 @@ impl EdgeProxy {
         // nginx finds the redirect in its prefix tree, before regex locations and auth.
         if let Some(index) = config.slash_redirects.find(&normalized) {
             ctx.route = Some(index);
+            if config.routes[index].internal {
+                return reject(StatusCode::NOT_FOUND, "internal route");
+            }
             return Decision::Answer(Answer::SlashRedirect(index));
         }
         let Some(found) = config.router.find(&normalized) else {

@@ -1,5 +1,6 @@
 //! nginx's trailing-slash redirect (SPEC §2): a prefix route whose path ends in `/` and
-//! that proxies answers the same path without the slash with `301` to the slashed path —
+//! that proxies answers the same path without the slash with `301` to the slashed path
+//! (an `internal` one with 404, as nginx checks `internal` first) —
 //! unless a route of its own takes that path (an `exact` one, or a prefix equal to it,
 //! which nginx's location tree finds first).
 

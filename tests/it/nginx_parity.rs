@@ -63,6 +63,8 @@ const VERSIONS: &[&str] = &[
     "itwanger-PaiAgent-b3299ec7",
     "zhuxinghan01-f685f025",
     "9999-12-31-d76399b6",
+    // Not a stack version: the common directives the stack does not use.
+    "synthetic-common",
 ];
 
 const AUTH_PATH: &str = "/internal/gateway/auth/workflow";
@@ -395,12 +397,16 @@ async fn observe(addr: SocketAddr, case: &Case, backends: &[(&str, &Backend)]) -
 
 /// One version: nginx and astron-edge side by side, every case compared.
 async fn compare(version: &str, nginx_bin: &str) -> Vec<String> {
-    let conf = std::fs::read_to_string(format!("{FIXTURES}/{version}.conf")).expect("fixture");
+    let mut conf = std::fs::read_to_string(format!("{FIXTURES}/{version}.conf")).expect("fixture");
     let mut backends = Vec::new();
     for (host, var) in HOSTS {
-        if conf.contains(&format!("http://{host}")) {
+        let in_block = format!("server {host}");
+        if conf.contains(&format!("http://{host}")) || conf.contains(&in_block) {
             let tag: &'static str = host.split(':').next().unwrap_or("backend");
-            backends.push((*host, *var, tag, backend(tag).await));
+            let b = backend(tag).await;
+            // `upstream {}` blocks keep literal addresses: both servers get the backend's.
+            conf = conf.replace(&in_block, &format!("server {}", b.addr));
+            backends.push((*host, *var, tag, b));
         }
     }
     let addrs: Vec<(&str, SocketAddr)> = backends.iter().map(|(h, _, _, b)| (*h, b.addr)).collect();
