@@ -74,7 +74,6 @@ const NO_EFFECT: &[&str] = &[
 
 /// Real nginx directives that change behaviour in ways astron-edge cannot express.
 const UNSUPPORTED: &[&str] = &[
-    "rewrite",
     "if",
     "set",
     "map",
@@ -322,6 +321,8 @@ struct Location {
     internal: bool,
     proxy_pass: Option<Arg>,
     ret: Option<(Arg, Option<Arg>)>,
+    /// `rewrite ^<location>(.*)$ /new/$1 break;`: the replacement of the location's path.
+    rewrite: Option<(String, Pos)>,
     ignored_here: Vec<(Pos, String)>,
     /// This location (or one it is nested in) has `add_header` of its own: they are the
     /// route's headers; otherwise it inherits the server's, which are `[response_headers]`.
@@ -632,6 +633,7 @@ impl Importer {
             internal: false,
             proxy_pass: None,
             ret: None,
+            rewrite: None,
             ignored_here: Vec::new(),
             own_add_header: false,
         };
@@ -647,6 +649,12 @@ impl Importer {
                     loc.internal = true;
                 }
                 "proxy_pass" => loc.proxy_pass = Some(args(d, 1, 1)?[0].clone()),
+                "rewrite" => {
+                    if loc.rewrite.is_some() {
+                        return Err(d.pos.error("only one rewrite per location is supported"));
+                    }
+                    loc.rewrite = Some(prefix_rewrite(args(d, 2, 3)?, modifier, &path.text)?);
+                }
                 "return" => {
                     let args = args(d, 1, 2)?;
                     loc.ret = Some((args[0].clone(), args.get(1).cloned()));
@@ -795,6 +803,47 @@ const KNOWN_ELSEWHERE: &[&str] = &[
     "keepalive",
     "access_log",
 ];
+
+/// The one `rewrite` form that is a prefix replacement, as `upstream_path` expresses it:
+/// `rewrite ^<path>(.*)$ <new>$1 break;` in a prefix location of `<path>` (`<path>` may end
+/// in `/?` for a location ending in `/`). Anything else is an error at its position.
+fn prefix_rewrite(
+    args: &[Arg],
+    modifier: Modifier,
+    location: &str,
+) -> Result<(String, Pos), NginxError> {
+    let unsupported = |a: &Arg| {
+        a.pos.error(
+            "rewrite is supported only as `rewrite ^<location path>(.*)$ /new/$1 break;` in a prefix location (it becomes upstream_path)",
+        )
+    };
+    if !matches!(modifier, Modifier::Prefix | Modifier::Priority) {
+        return Err(unsupported(&args[0]));
+    }
+    match args.get(2) {
+        Some(flag) if flag.text == "break" => {}
+        Some(flag) => return Err(unsupported(flag)),
+        None => return Err(unsupported(&args[0])),
+    }
+    let matched = args[0]
+        .text
+        .strip_prefix('^')
+        .and_then(|p| p.strip_suffix("(.*)$"))
+        .ok_or_else(|| unsupported(&args[0]))?;
+    let same = matched == location
+        || location
+            .strip_suffix('/')
+            .is_some_and(|bare| matched == format!("{bare}/?"));
+    if !same {
+        return Err(unsupported(&args[0]));
+    }
+    let new = args[1]
+        .text
+        .strip_suffix("$1")
+        .filter(|n| n.starts_with('/') && !n.contains('$'))
+        .ok_or_else(|| unsupported(&args[1]))?;
+    Ok((new.to_owned(), args[1].pos.clone()))
+}
 
 fn block_of(d: &Directive) -> Result<&[Directive], NginxError> {
     d.block.as_deref().ok_or_else(|| {
@@ -1477,10 +1526,16 @@ fn route(
                     "\"proxy_pass\" cannot have URI part in location given by regular expression",
                 ));
             }
+            if let Some((_, pos)) = &loc.rewrite {
+                return Err(pos.error("rewrite with a proxy_pass that has a URI is not supported"));
+            }
             lines.push((
                 Some(target.pos.clone()),
                 format!("upstream_path = {}", quote(&uri)),
             ));
+        } else if let Some((new, pos)) = &loc.rewrite {
+            // nginx sends the rewritten URI when proxy_pass has none: the same replacement.
+            lines.push((Some(pos.clone()), format!("upstream_path = {}", quote(new))));
         }
         if let Some(Some(auth_uri)) = &level.auth_request {
             let auth = auth(auth_uri, loc, server, upstreams, auths)?;

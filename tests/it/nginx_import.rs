@@ -80,10 +80,17 @@ fn an_unknown_directive_names_its_place() {
 #[test]
 fn an_unsupported_directive_names_its_place() {
     refused_at(
-        &conf("        location / {\n            rewrite ^/a(.*)$ /b$1 break;\n            proxy_pass http://a:1;\n        }\n"),
+        &conf("        location / {\n            try_files $uri /index.html;\n            proxy_pass http://a:1;\n        }\n"),
         6,
         13,
-        "\"rewrite\" is not supported",
+        "\"try_files\" is not supported",
+    );
+    // rewrite: only the prefix-replacing form (it becomes upstream_path).
+    refused_at(
+        &conf("        location / {\n            rewrite ^/a(.*)$ /b$1 break;\n            proxy_pass http://a:1;\n        }\n"),
+        6,
+        21,
+        "rewrite is supported only as",
     );
     refused_at(
         &conf("        location / {\n            proxy_pass http://a:1;\n            add_header X-A 1 always;\n        }\n"),

@@ -63,6 +63,7 @@ const VERSIONS: &[&str] = &[
     "itwanger-PaiAgent-b3299ec7",
     "zhuxinghan01-f685f025",
     "9999-12-31-d76399b6",
+    "FenjuFu-2df2a74e",
     // Not a stack version: the common directives the stack does not use.
     "synthetic-common",
 ];
@@ -237,6 +238,14 @@ const CASES: &[Case] = &[
     get("/api/wechat-bot/hook"),
     get("/xingchen-api/x"),
     with_auth("POST", "/console-api/workflow/chat", "Bearer good"),
+    get("/demo/"),
+    get("/demo/index.html?x=1"),
+    get("/demo"),
+    get("/demo/runtime-config.js"),
+    get("/demo/console-api/user/info?x=1"),
+    get("/demo/console-api/chat-message/list"),
+    with_auth("POST", "/demo/workflow/v1/chat/completions", "Bearer good"),
+    get("/demo/workflow/v1/other"),
     Case {
         method: "POST",
         path: "/console-api/upload",
