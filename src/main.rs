@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use astron_edge::config::{self, DEFAULT_CONFIG_PATH};
-use astron_edge::{healthcheck, server};
+use astron_edge::config::DEFAULT_CONFIG_PATH;
+use astron_edge::{healthcheck, server, source};
 
 /// jemalloc instead of glibc malloc: less CPU per request and per idle stream (measured by
 /// the bench script; mimalloc tripled SSE memory per stream, so not that one).
@@ -53,6 +53,14 @@ enum Command {
     },
     /// Validate the config and print a summary, like `nginx -t`
     Check,
+    /// Print (or write) the astron-edge TOML equivalent of an nginx.conf
+    ImportNginx {
+        /// The nginx.conf to read (includes are followed)
+        nginx_conf: PathBuf,
+        /// Write the TOML here instead of stdout
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
     /// GET the local health endpoint; exit 0 on 200, 1 otherwise (the container healthcheck)
     Health {
         /// URL to probe; default: the config's first listener and health path
@@ -67,10 +75,11 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run { upgrade: false }) {
         Command::Run { upgrade } => server::run(&cli.config, upgrade),
         Command::Check => server::check(&cli.config).map(|summary| print!("{summary}")),
+        Command::ImportNginx { nginx_conf, output } => import_nginx(&nginx_conf, output.as_deref()),
         Command::Health { url } => {
             let url = match url {
                 Some(url) => Ok(url),
-                None => config::load(&cli.config)
+                None => source::load(&cli.config)
                     .map(|c| healthcheck::default_url(&c))
                     .map_err(Into::into),
             };
@@ -84,6 +93,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `import-nginx`: the TOML on stdout or in `output`, warnings (`FILE:LINE: ...`) on stderr.
+fn import_nginx(conf: &std::path::Path, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let imported = astron_edge::nginx::import_file(conf)?;
+    for warning in &imported.warnings {
+        eprintln!("{warning}");
+    }
+    // What the proxy would refuse is refused here too, at its place in the nginx file.
+    astron_edge::config::parse(conf, &imported.toml).map_err(|e| imported.locate(conf, e))?;
+    match output {
+        Some(path) => std::fs::write(path, &imported.toml)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{}", imported.toml),
+    }
+    Ok(())
 }
 
 fn init_logging() {

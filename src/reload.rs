@@ -34,7 +34,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::state::{SharedState, Snapshot};
 use crate::telemetry;
 use crate::tls::{self, CertStore};
@@ -190,7 +190,7 @@ impl ConfigReloader {
 
 /// Reads and validates the config and, with `[server.tls]`, its certificate and key.
 fn load(path: &Path) -> Result<(Config, Option<CertifiedKey>), String> {
-    let config = config::load(path).map_err(|e| e.to_string())?;
+    let config = crate::source::load(path).map_err(|e| e.to_string())?;
     let certified_key = match &config.server.tls {
         Some(tls) => Some(tls::load_certified_key(&tls.cert, &tls.key)?),
         None => None,

@@ -11,7 +11,6 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
-use crate::config;
 use crate::proxy::{EdgeApp, EdgeProxy};
 use crate::reload::{self, ConfigReloader};
 use crate::shutdown::Lifecycle;
@@ -26,7 +25,7 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 /// Runs the proxy in the foreground until a signal stops it (see `shutdown`).
 pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
     reload::catch_sighup_early()?;
-    let config = config::load(config_path)?;
+    let config = crate::source::load(config_path)?;
     let baseline = reload::Baseline::of(config_path, &config);
     // What the TLS listeners present; a reload swaps it in place (see `tls`).
     let certs = match &config.server.tls {
@@ -142,7 +141,7 @@ impl BackgroundService for DnsRefresh {
 
 /// Loads and validates like `nginx -t`: the summary on success.
 pub fn check(config_path: &Path) -> anyhow::Result<String> {
-    let config = config::load(config_path)?;
+    let config = crate::source::load(config_path)?;
     Ok(format!(
         "{}{}: configuration is valid\n",
         config.summary(),

@@ -260,6 +260,15 @@ fn list_has(value: &HeaderValue, f: impl Fn(&str) -> bool) -> bool {
     })
 }
 
+/// For a request the cache will try to store (`proxy` calls it then, in
+/// `upstream_request_filter`): asks the upstream for the identity body. A front end that
+/// gzips whenever the client accepts it (the stack's console-frontend) would otherwise
+/// answer with a `Content-Encoding` the cache refuses; the proxy compresses what it serves
+/// from the cache itself.
+pub fn ask_for_identity(upstream_request: &mut RequestHeader) {
+    upstream_request.remove_header(&header::ACCEPT_ENCODING);
+}
+
 /// In `response_filter`: starts capturing a missed response (`asset`, dropped when the
 /// answer cannot be stored), marks it `X-Cache: MISS`, and sets the route's cache headers.
 /// One branch each when neither applies.

@@ -31,6 +31,15 @@ impl ConfigError {
         }
     }
 
+    /// An error at a known 1-based `line` and `col` of `file` (an imported nginx.conf).
+    pub fn at_position(file: &Path, line: usize, col: usize, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            position: Some((line, col)),
+            message: one_line(&message.into()),
+        }
+    }
+
     /// The 1-based line and column, when the error has a position.
     pub fn position(&self) -> Option<(usize, usize)> {
         self.position

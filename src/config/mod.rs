@@ -20,12 +20,12 @@ pub use error::ConfigError;
 pub use expand::expand_env;
 pub use units::{parse_duration, parse_size};
 
-use crate::routing::{Matcher, Router};
+use crate::routing::{Matcher, Router, SlashRedirects};
 
 /// The default config path, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "conf/astron-edge.toml";
 
-/// Reads, expands and validates a config file.
+/// Reads, expands and validates a TOML config file (`source::load` picks the syntax).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::whole_file(path, format!("cannot read config file: {e}")))?;
@@ -55,6 +55,8 @@ pub struct Config {
     /// In file order; `Router` indices point into this list.
     pub routes: Vec<RouteConfig>,
     pub router: Router,
+    /// nginx's 301 to the slashed path of a proxying prefix route.
+    pub slash_redirects: SlashRedirects,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,7 +189,14 @@ pub struct RouteConfig {
     pub name: String,
     pub matcher: Matcher,
     pub action: RouteAction,
+    /// Added on the statuses nginx's `add_header` (without `always`) adds on.
     pub add_response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// nginx `internal`: clients get 404, the route is never proxied.
+    pub internal: bool,
+    /// `false`: no access-log line (nginx `access_log off` in a location).
+    pub access_log: bool,
+    /// The route's own body limit; `None` = `server.client_max_body_size`.
+    pub client_max_body_size: Option<u64>,
 }
 
 impl RouteConfig {
@@ -206,6 +215,8 @@ pub enum RouteAction {
     Return {
         status: StatusCode,
         body: Option<String>,
+        /// `Location` of a redirecting `return` (nginx `return 302 /path`).
+        redirect: Option<HeaderValue>,
     },
 }
 
@@ -278,7 +289,16 @@ impl Config {
                 }
                 RouteAction::Return { status, .. } => format!("return {}", status.as_u16()),
             };
-            let _ = writeln!(out, "  {:<40} {:<28} {action}", matcher, route.name);
+            let internal = if route.internal {
+                " (internal: 404)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {:<40} {:<28} {action}{internal}",
+                matcher, route.name
+            );
         }
         out
     }

@@ -207,4 +207,15 @@ pub struct RawRoute {
     pub hide_response_headers: Vec<Spanned<Str>>,
     #[serde(default)]
     pub add_response_headers: BTreeMap<String, Spanned<Str>>,
+
+    // --- nginx location rules (issue 17, `import-nginx`) ---
+    /// nginx `internal`: answered 404 to every client request, never proxied.
+    #[serde(default)]
+    pub internal: bool,
+    /// nginx `access_log off` in a location: no access-log line for this route.
+    pub access_log: Option<bool>,
+    /// nginx `client_max_body_size` in a location: this route's own limit.
+    pub client_max_body_size: Option<Size>,
+    /// nginx `return 301..308 URL`: the `Location` of a `return` route.
+    pub redirect: Option<Spanned<Str>>,
 }

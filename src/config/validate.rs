@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::schema::{RawAuth, RawConfig, RawRoute, RawUpstream, Str};
 use super::*;
-use crate::routing::{Matcher, Router, RouterError};
+use crate::routing::{Matcher, Router, RouterError, SlashRedirects};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:80";
 const DEFAULT_BODY_LIMIT: u64 = 1 << 20; // nginx's client_max_body_size default
@@ -212,7 +212,13 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
         other => check.err(0..0, other.to_string()),
     })?;
 
+    let slash_redirects = SlashRedirects::new(
+        routes
+            .iter()
+            .map(|r| (&r.matcher, matches!(r.action, RouteAction::Proxy(_)))),
+    );
     Ok(Config {
+        slash_redirects,
         source: file.to_owned(),
         server,
         health_paths,
@@ -600,14 +606,31 @@ fn route(
                     format!("{key} only applies to routes with an upstream"),
                 ));
             }
+            let redirect = match &r.redirect {
+                None => None,
+                Some(url) if !code.is_redirection() || code.as_u16() == 304 => {
+                    return Err(check.err(
+                        url.span(),
+                        "redirect needs return = 301, 302, 303, 307 or 308",
+                    ))
+                }
+                Some(url) if r.body.is_some() => {
+                    return Err(check.err(url.span(), "a route has either body or redirect"))
+                }
+                Some(url) => Some(check.header_value(url)?),
+            };
             RouteAction::Return {
                 status: code,
                 body: r.body.as_ref().map(|b| b.get_ref().0.clone()),
+                redirect,
             }
         }
         (Some(upstream), None) => {
             if let Some(body) = &r.body {
                 return Err(check.err(body.span(), "body only applies to return routes"));
+            }
+            if let Some(redirect) = &r.redirect {
+                return Err(check.err(redirect.span(), "redirect only applies to return routes"));
             }
             RouteAction::Proxy(proxy_route(check, r, &matcher, upstream, upstreams, auths)?)
         }
@@ -617,6 +640,9 @@ fn route(
         matcher,
         action,
         add_response_headers: check.header_map(&r.add_response_headers)?,
+        internal: r.internal,
+        access_log: r.access_log.unwrap_or(true),
+        client_max_body_size: r.client_max_body_size.map(|s| s.0),
     })
 }
 

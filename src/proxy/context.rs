@@ -104,6 +104,7 @@ impl RequestCtx {
                 RequestKind::Pending | RequestKind::Local => TelemetryKind::Other,
             },
             sse_route: route.and_then(RouteConfig::proxy).is_some_and(|r| r.sse),
+            access_log: route.is_none_or(|r| r.access_log),
             started: self.started,
             upstream: self.upstream.as_deref(),
             peer: self.peer,

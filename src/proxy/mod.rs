@@ -8,6 +8,7 @@ mod relay;
 mod respond;
 mod stale;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ use crate::state::SharedState;
 use crate::telemetry::AuthResult;
 use crate::upstream::Upstream;
 use forward::{make_room, rewrite_uri};
-use respond::{error_status, local_response, relay_denial};
+use respond::{error_status, local_answer, local_response, relay_denial};
 
 /// Idle time after which a pooled upstream connection is closed; also how long the pools of
 /// an upstream removed by a reload take to drain.
@@ -46,7 +47,8 @@ const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a rejected request body is read and dropped before the connection closes.
 const LINGERING_TIME: Duration = Duration::from_secs(5);
 
-static X_ACCEL_BUFFERING: header::HeaderName = header::HeaderName::from_static("x-accel-buffering");
+pub(crate) static X_ACCEL_BUFFERING: header::HeaderName =
+    header::HeaderName::from_static("x-accel-buffering");
 
 /// The proxy's phases. A handle: clones share everything, so that an SSE stream's relay
 /// (see `relay`) runs the same phases on a task of its own.
@@ -136,6 +138,8 @@ enum Answer {
     Health,
     Reject(StatusCode, &'static str),
     Return(usize),
+    /// nginx's 301 from `/p` to the slashed path of route `usize` (SPEC §2).
+    SlashRedirect(usize),
     CacheHit(std::sync::Arc<Entry>),
 }
 
@@ -206,7 +210,11 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.request_body_bytes += chunk.len() as u64;
-            if ctx.request_body_bytes > ctx.snapshot.config.server.client_max_body_size {
+            let limit = ctx
+                .route()
+                .and_then(|r| r.client_max_body_size)
+                .unwrap_or(ctx.snapshot.config.server.client_max_body_size);
+            if ctx.request_body_bytes > limit {
                 // Failing here aborts the upstream request before its last chunk is sent.
                 return Error::e_explain(
                     ErrorType::HTTPStatus(413),
@@ -336,6 +344,9 @@ impl ProxyHttp for EdgeProxy {
         if route.sse {
             upstream_request.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
         }
+        if ctx.asset.is_some() {
+            crate::cache::ask_for_identity(upstream_request);
+        }
         Ok(())
     }
 
@@ -366,13 +377,11 @@ impl ProxyHttp for EdgeProxy {
             for name in &route.hide_response_headers {
                 response.remove_header(name);
             }
-            if route.sse {
-                response.insert_header(header::CACHE_CONTROL, "no-cache")?;
-                response.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
-            } else if event_stream {
+            if event_stream {
                 ctx.asset = None;
-            } else {
-                // The body stages (asset cache, gzip): never on a stream.
+            } else if !route.sse {
+                // The body stages (asset cache, gzip): never on a stream. (An `sse` route's
+                // own headers are `add_configured_headers`'s.)
                 // The asset cache captures the upstream's own header, so it goes first.
                 let req = session.req_header();
                 crate::cache::response_filter(req, response, &mut ctx.asset, route.cache)?;
@@ -575,17 +584,32 @@ impl EdgeProxy {
         if normalized.bytes().any(|b| b.is_ascii_control()) {
             return reject(StatusCode::BAD_REQUEST, "control character in the path");
         }
+        // nginx finds the redirect in its prefix tree, before regex locations and auth.
+        if let Some(index) = config.slash_redirects.find(&normalized) {
+            ctx.route = Some(index);
+            if config.routes[index].internal {
+                return reject(StatusCode::NOT_FOUND, "internal route");
+            }
+            return Decision::Answer(Answer::SlashRedirect(index));
+        }
         let Some(found) = config.router.find(&normalized) else {
             return reject(StatusCode::NOT_FOUND, "no route");
         };
         ctx.route = Some(found.index);
-        let route = match &config.routes[found.index].action {
+        let route_config = &config.routes[found.index];
+        if route_config.internal {
+            return reject(StatusCode::NOT_FOUND, "internal route");
+        }
+        let route = match &route_config.action {
             RouteAction::Return { .. } => return Decision::Answer(Answer::Return(found.index)),
             RouteAction::Proxy(route) => route,
         };
+        let body_limit = route_config
+            .client_max_body_size
+            .unwrap_or(config.server.client_max_body_size);
         match content_length(req) {
             Err(()) => return reject(StatusCode::BAD_REQUEST, "bad Content-Length"),
-            Ok(Some(len)) if len > config.server.client_max_body_size => {
+            Ok(Some(len)) if len > body_limit => {
                 return reject(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "Content-Length over client_max_body_size",
@@ -640,9 +664,26 @@ async fn answer_locally(session: &mut Session, ctx: &mut RequestCtx, answer: Ans
         }
         Answer::Return(index) => {
             let snapshot = ctx.snapshot.clone();
-            if let RouteAction::Return { status, body } = &snapshot.config.routes[index].action {
-                local_response(session, ctx, *status, body.as_deref()).await?;
+            if let RouteAction::Return {
+                status,
+                body,
+                redirect,
+            } = &snapshot.config.routes[index].action
+            {
+                let location = redirect.as_ref().map(Cow::Borrowed);
+                local_answer(session, ctx, *status, body.as_deref(), location).await?;
             }
+        }
+        Answer::SlashRedirect(index) => {
+            let location = respond::slash_location(ctx, index, session.req_header());
+            local_answer(
+                session,
+                ctx,
+                StatusCode::MOVED_PERMANENTLY,
+                None,
+                location.map(Cow::Owned),
+            )
+            .await?;
         }
         Answer::CacheHit(entry) => {
             let hide = ctx

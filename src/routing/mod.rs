@@ -13,6 +13,8 @@
 
 mod matcher;
 mod normalize;
+mod slash;
 
 pub use matcher::{Matcher, RouteMatch, Router, RouterError};
 pub use normalize::{encode_path, normalize_path, NormalizeError};
+pub use slash::SlashRedirects;

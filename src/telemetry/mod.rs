@@ -213,6 +213,8 @@ pub struct RequestView<'a> {
     pub kind: Kind,
     /// The matched route is an `sse` route.
     pub sse_route: bool,
+    /// The request is written to the access log (a route may turn it off).
+    pub access_log: bool,
     /// When the request arrived.
     pub started: Instant,
     pub upstream: Option<&'a Upstream>,
@@ -449,7 +451,7 @@ pub fn request_finished(
     // The live config decides whether and how the line is written (the access log's file
     // and format follow a reload at once, even for requests that started before it).
     let access_log = global()
-        .filter(|t| view.kind != Kind::Health && t.access_log.enabled())
+        .filter(|t| view.kind != Kind::Health && view.access_log && t.access_log.enabled())
         .map(|t| &t.access_log);
     if !prometheus && otlp.is_none() && access_log.is_none() {
         return;

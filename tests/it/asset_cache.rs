@@ -350,3 +350,62 @@ async fn large_assets_get_their_gzip_variant_off_the_request_path() {
         .expect("valid gzip");
     assert_eq!(plain, asset("_vendor_js", 1_000_000));
 }
+
+/// The stack's console-frontend is an nginx that gzips JS and CSS whenever the client
+/// accepts it (issue 17, item 5): the cache asks it for the identity body, stores that,
+/// and compresses for gzip clients itself — the hit needs no upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_that_gzips_on_request_still_fills_the_cache() {
+    let b = Backend::start(|req: Recorded| async move {
+        let body = asset("gz", 20_000);
+        let resp = Response::builder()
+            .status(200)
+            .header("Content-Type", "application/javascript");
+        if req
+            .header("accept-encoding")
+            .is_some_and(|a| a.contains("gzip"))
+        {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut encoder, &body).expect("gzip");
+            let gz = encoder.finish().expect("gzip");
+            return resp
+                .header("Content-Encoding", "gzip")
+                .header("Vary", "Accept-Encoding")
+                .body(full(gz))
+                .expect("response");
+        }
+        resp.body(full(body)).expect("response")
+    })
+    .await;
+    let proxy = start(&b, r#"max_size = "16m""#);
+    let gzip = [("Accept-Encoding", "gzip, deflate, br")];
+    let first = common::fetch(&proxy, "GET", "/assets/app.js", &gzip).await;
+    assert_eq!((first.status, first.x_cache()), (200, Some("MISS")));
+    assert_eq!(
+        b.last().header("accept-encoding"),
+        None,
+        "identity asked upstream"
+    );
+    assert_eq!(
+        first.header("content-encoding"),
+        Some("gzip"),
+        "compressed by the proxy"
+    );
+    assert_eq!(first.gunzip(), asset("gz", 20_000));
+    let hit = common::fetch(&proxy, "GET", "/assets/app.js", &gzip).await;
+    assert_eq!(hit.x_cache(), Some("HIT"));
+    assert_eq!(hit.header("content-encoding"), Some("gzip"));
+    assert_eq!(hit.gunzip(), asset("gz", 20_000));
+    let plain = get(&proxy, "/assets/app.js").await;
+    assert_eq!(plain.x_cache(), Some("HIT"));
+    assert_eq!(plain.body, asset("gz", 20_000));
+    assert_eq!(b.count(), 1, "one upstream request for all three");
+    // Routes the cache does not store pass the client's Accept-Encoding on.
+    let other = common::fetch(&proxy, "GET", "/page", &gzip).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(
+        b.last().header("accept-encoding"),
+        Some("gzip, deflate, br")
+    );
+}

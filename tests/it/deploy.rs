@@ -208,7 +208,20 @@ async fn compose_healthcheck_command_passes_against_the_shipped_config() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(test, ["CMD", "astron-edge", "health"]);
+    assert_eq!(test, ["CMD", "astron-edge-entrypoint", "health"]);
+    // The stack's healthcheck variables, with its defaults.
+    assert_eq!(
+        healthcheck["interval"].as_str(),
+        Some("${HEALTH_CHECK_INTERVAL:-30s}")
+    );
+    assert_eq!(
+        healthcheck["timeout"].as_str(),
+        Some("${HEALTH_CHECK_TIMEOUT:-10s}")
+    );
+    assert_eq!(
+        healthcheck["retries"].as_str(),
+        Some("${HEALTH_CHECK_RETRIES:-60}")
+    );
     for key in ["interval", "timeout"] {
         assert!(healthcheck[key].is_string(), "healthcheck.{key}");
     }
@@ -217,13 +230,59 @@ async fn compose_healthcheck_command_passes_against_the_shipped_config() {
     let proxy = Proxy::shipped_on(&backend);
     let listen = proxy.addr.to_string();
     let config = repo("conf/astron-edge.toml");
-    let status = Command::new(common::binary())
+    let status = entrypoint()
         .args(&test[2..])
         .env("ASTRON_EDGE_CONFIG", &config)
         .env("EDGE_LISTEN", &listen)
         .status()
         .expect("run the healthcheck");
     assert!(status.success(), "healthcheck failed: {status}");
+}
+
+/// `docker/entrypoint.sh` as the image runs it (`astron-edge-entrypoint`), with the
+/// binary under test on its PATH.
+fn entrypoint() -> Command {
+    let bin_dir = Path::new(common::binary()).parent().expect("binary dir");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg(repo("docker/entrypoint.sh")).env("PATH", path);
+    cmd
+}
+
+/// The one-line swap of the stack's compose file (its nginx service's `image:`): the
+/// stack's own nginx.conf mounted at /etc/nginx/nginx.conf is what the image serves.
+#[test]
+fn the_image_serves_a_mounted_nginx_conf_when_no_config_is_named() {
+    let nginx_conf = repo("tests/fixtures/nginx/iflytek-520bed76.conf");
+    let out = entrypoint()
+        .arg("check")
+        .env_remove("ASTRON_EDGE_CONFIG")
+        .env("ASTRON_EDGE_NGINX_CONF", &nginx_conf)
+        .output()
+        .expect("entrypoint check");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(summary.contains("auth=gateway-auth-workflow"), "{summary}");
+    // Without one: the shipped TOML's place in the image.
+    let out = entrypoint()
+        .arg("check")
+        .env_remove("ASTRON_EDGE_CONFIG")
+        .env("ASTRON_EDGE_NGINX_CONF", "/nonexistent/nginx.conf")
+        .output()
+        .expect("entrypoint check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/etc/astron-edge/astron-edge.toml"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------- Dockerfile
@@ -268,7 +327,7 @@ fn dockerfile_runtime_contract() {
     assert!(
         healthcheck
             .iter()
-            .any(|h| h.contains(r#"CMD ["astron-edge", "health"]"#)),
+            .any(|h| h.contains(r#"CMD ["astron-edge-entrypoint", "health"]"#)),
         "{healthcheck:?}"
     );
     let expose = instructions(&all, "EXPOSE");
@@ -281,14 +340,12 @@ fn dockerfile_runtime_contract() {
         "user {user} is not created"
     );
     let config = "/etc/astron-edge/astron-edge.toml";
-    assert!(instructions(&all, "ENV")
-        .iter()
-        .any(|e| e.contains(&format!("ASTRON_EDGE_CONFIG={config}"))));
-    assert!(
-        instructions(&all, "COPY").contains(&format!("conf/astron-edge.toml {config}").as_str())
-    );
+    assert!(read("docker/entrypoint.sh").contains(&format!("ASTRON_EDGE_CONFIG={config}")));
+    let copies = instructions(&all, "COPY");
+    assert!(copies.contains(&format!("conf/astron-edge.toml {config}").as_str()));
+    assert!(copies.contains(&"docker/entrypoint.sh /usr/local/bin/astron-edge-entrypoint"));
     let entrypoint = instructions(&all, "ENTRYPOINT");
-    assert_eq!(entrypoint, [r#"["astron-edge"]"#]);
+    assert_eq!(entrypoint, [r#"["astron-edge-entrypoint"]"#]);
 }
 
 /// "A green CI means the image builds": the image's build steps are CI's.

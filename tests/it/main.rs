@@ -9,6 +9,8 @@ mod config_check;
 mod deploy;
 mod gzip;
 mod layering;
+mod nginx_import;
+mod nginx_parity;
 mod observe;
 mod reload;
 mod routing;

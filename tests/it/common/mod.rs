@@ -269,7 +269,7 @@ impl Proxy {
             let (config, extra) = make(port);
             let mut all: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
             all.extend_from_slice(env);
-            match Proxy::try_start_raw(&config, port, &all, None) {
+            match Proxy::try_start_raw("astron-edge.toml", &config, port, &all, None) {
                 Ok(proxy) => return proxy,
                 Err(stderr) if stderr.contains("in use") && attempts < 3 => attempts += 1,
                 Err(stderr) => panic!("astron-edge did not start: {stderr}"),
@@ -311,7 +311,12 @@ impl Proxy {
 
     /// Starts with a complete config whose listener is `127.0.0.1:{port}`.
     pub fn start_raw(config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
-        Proxy::try_start_raw(config, port, env, None)
+        Proxy::start_named("astron-edge.toml", config, port, env)
+    }
+
+    /// [`Proxy::start_raw`] with the config written as `file_name` (`nginx.conf`: nginx syntax).
+    pub fn start_named(file_name: &str, config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
+        Proxy::try_start_raw(file_name, config, port, env, None)
             .unwrap_or_else(|stderr| panic!("astron-edge did not start: {stderr}"))
     }
 
@@ -340,20 +345,21 @@ impl Proxy {
             .set("server.listen", vec![format!("127.0.0.1:{port}")])
             .render();
         Some(
-            Proxy::try_start_raw(&config, port, &[], Some(hosts))
+            Proxy::try_start_raw("astron-edge.toml", &config, port, &[], Some(hosts))
                 .unwrap_or_else(|stderr| panic!("astron-edge did not start: {stderr}")),
         )
     }
 
     /// [`Proxy::start_raw`], or the proxy's stderr when it exited or never became ready.
     fn try_start_raw(
+        file_name: &str,
         config: &str,
         port: u16,
         env: &[(&str, &str)],
         hosts: Option<&Path>,
     ) -> Result<Proxy, String> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("astron-edge.toml");
+        let config_path = dir.path().join(file_name);
         std::fs::write(&config_path, config).expect("write config");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
