@@ -1,4 +1,5 @@
-//! Prometheus metrics (SPEC §5), served as text at `GET /metrics` on `metrics.listen`.
+//! Prometheus metrics (SPEC §5), served as text at `GET /metrics` on `metrics.listen`
+//! ([`super::metrics_server`]).
 //!
 //! The metric families live in one process-wide registry, because every part of the proxy
 //! records into them (the request path, forward auth, SSE, the config reloader) and a
@@ -19,13 +20,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use http::Method;
 use opentelemetry::metrics::{BoundHistogram, Histogram as OtelHistogram};
 use opentelemetry::KeyValue;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
-use pingora::services::listening::Service;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -54,6 +51,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "edge_config_last_reload_success_timestamp_seconds",
     "edge_access_log_dropped_total",
     "edge_otlp_spans_dropped_total",
+    "edge_trace_spans_kept_total",
     "edge_sse_streams_total",
     "edge_sse_time_to_first_byte_seconds",
     "edge_sse_stream_duration_seconds",
@@ -222,6 +220,7 @@ struct Families {
     last_reload_success: Gauge,
     access_log_dropped: IntCounter,
     spans_dropped: IntCounter,
+    spans_kept: IntCounterVec,
     streams: StreamFamilies,
     routes: NameCache<RouteMetrics>,
     upstreams: NameCache<UpstreamMetrics>,
@@ -358,6 +357,24 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             )
             .expect("valid"),
         ),
+        spans_kept: {
+            let kept = register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "edge_trace_spans_kept_total",
+                        "Spans exported although the head sampler left them out (errors, slow requests)",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
+            );
+            // both series from the start: a rate over them is 0, not absent
+            for reason in [Kept::Error, Kept::Slow] {
+                kept.with_label_values(&[reason.as_str()]);
+            }
+            kept
+        },
         streams: StreamFamilies::register(&r),
         routes: ArcSwap::default(),
         upstreams: ArcSwap::default(),
@@ -371,14 +388,14 @@ pub fn init() {
     LazyLock::force(&FAMILIES);
 }
 
-/// Whether the request path counts into the per-request families: only when a
-/// `metrics.listen` is configured (at start; adding one needs a restart), so that a proxy
+/// Whether the request path counts into the per-request families: only while a
+/// `metrics.listen` is configured (a reload may add or remove it), so that a proxy
 /// without a scraper pays nothing per request.
 static COUNT_REQUESTS: AtomicBool = AtomicBool::new(false);
 
-/// Turns per-request counting on (the metrics listener is configured).
-pub fn count_requests() {
-    COUNT_REQUESTS.store(true, Ordering::Relaxed);
+/// Turns per-request counting on or off (a metrics listener is configured or not).
+pub fn count_requests(on: bool) {
+    COUNT_REQUESTS.store(on, Ordering::Relaxed);
 }
 
 pub fn requests_counted() -> bool {
@@ -784,6 +801,33 @@ pub(crate) fn span_dropped() {
     FAMILIES.spans_dropped.inc();
 }
 
+/// A span exported by the error/slow rule (`telemetry::keep`).
+pub(crate) fn span_kept(reason: Kept) {
+    FAMILIES
+        .spans_kept
+        .with_label_values(&[reason.as_str()])
+        .inc();
+}
+
+/// Why a span the head sampler left out is exported: the `reason` label of
+/// `edge_trace_spans_kept_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Status ≥ 500, or the upstream failed.
+    Error,
+    /// Slower than `slow_threshold` (a stream: its time to first byte).
+    Slow,
+}
+
+impl Kept {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kept::Error => "error",
+            Kept::Slow => "slow",
+        }
+    }
+}
+
 /// The registry in Prometheus text format.
 pub fn render() -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * 1024);
@@ -792,43 +836,6 @@ pub fn render() -> Vec<u8> {
         tracing::warn!("cannot encode metrics: {e}");
     }
     out
-}
-
-/// `GET /metrics` (and nothing else) on the metrics listener.
-pub struct MetricsApp;
-
-#[async_trait]
-impl ServeHttp for MetricsApp {
-    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let req = session.req_header();
-        let (status, content_type, body) = match (&req.method, req.uri.path()) {
-            (&Method::GET | &Method::HEAD, "/metrics") => {
-                (200, "text/plain; version=0.0.4; charset=utf-8", render())
-            }
-            (_, "/metrics") => (405, "text/plain", b"405 Method Not Allowed\n".to_vec()),
-            _ => (404, "text/plain", b"404 Not Found\n".to_vec()),
-        };
-        let body = if req.method == Method::HEAD {
-            Vec::new()
-        } else {
-            body
-        };
-        http::Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, content_type)
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(body)
-            .unwrap_or_default()
-    }
-}
-
-/// The metrics listener as a Pingora service of its own (one thread, its own socket),
-/// so scrapes never compete with the public listeners.
-pub fn service(addr: SocketAddr) -> Service<MetricsApp> {
-    let mut service = Service::new("metrics".to_owned(), MetricsApp);
-    service.add_tcp(&addr.to_string());
-    service.threads = Some(1);
-    service
 }
 
 #[cfg(test)]

@@ -79,6 +79,21 @@ impl Attributes<'_> {
         });
     }
 
+    /// A one-element string array, as the semantic conventions type the
+    /// `http.request.header.<key>` attributes.
+    pub fn str_array(&mut self, key: &str, value: &str) {
+        // AnyValue { array_value = 5: ArrayValue { values = 1: AnyValue { string_value = 1 } } }
+        let element = field_len(value.len());
+        let array = field_len(element);
+        self.attribute(key, field_len(array), |out| {
+            put_key(out, 5, WireType::LengthDelimited);
+            put_varint(out, array as u64);
+            put_key(out, 1, WireType::LengthDelimited);
+            put_varint(out, element as u64);
+            bytes_always(out, 1, value.as_bytes());
+        });
+    }
+
     pub fn int(&mut self, key: &str, value: i64) {
         // AnyValue { int_value = 3 }, int64: two's complement
         let value = value as u64;
@@ -378,7 +393,7 @@ mod tests {
     use opentelemetry::KeyValue;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{
-        any_value, AnyValue, InstrumentationScope, KeyValue as ProtoKeyValue,
+        any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue as ProtoKeyValue,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
     use opentelemetry_proto::tonic::trace::v1::{
@@ -456,6 +471,7 @@ mod tests {
         };
         encode_span(&mut second, &second_head, |a| {
             a.int("http.response.status_code", 502);
+            a.str_array("http.request.header.x-request-id", "req-1");
         });
         let mut framed = Vec::new();
         frame_span(&mut framed, |out| out.extend_from_slice(&first));
@@ -522,6 +538,19 @@ mod tests {
                             vec![
                                 text("http.route", "workflow"),
                                 int("http.response.status_code", 502),
+                                ProtoKeyValue {
+                                    key: "http.request.header.x-request-id".into(),
+                                    value: Some(AnyValue {
+                                        value: Some(any_value::Value::ArrayValue(ArrayValue {
+                                            values: vec![AnyValue {
+                                                value: Some(any_value::Value::StringValue(
+                                                    "req-1".into(),
+                                                )),
+                                            }],
+                                        })),
+                                    }),
+                                    ..Default::default()
+                                },
                             ],
                             Status {
                                 message: "HTTP 502".into(),

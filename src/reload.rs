@@ -51,7 +51,6 @@ struct StartupSettings {
     listen: Vec<SocketAddr>,
     tls_listen: Option<Vec<SocketAddr>>,
     threads: usize,
-    metrics_listen: Option<SocketAddr>,
 }
 
 impl StartupSettings {
@@ -60,7 +59,6 @@ impl StartupSettings {
             listen: config.server.listen.clone(),
             tls_listen: config.server.tls.as_ref().map(|t| t.listen.clone()),
             threads: config.server.threads,
-            metrics_listen: config.metrics_listen,
         }
     }
 
@@ -76,9 +74,6 @@ impl StartupSettings {
         }
         if new.threads != self.threads {
             changed.push("server.threads");
-        }
-        if new.metrics_listen != self.metrics_listen {
-            changed.push("metrics.listen");
         }
         changed
     }
@@ -186,8 +181,9 @@ impl ConfigReloader {
         let old = self.state.load_full();
         // Counted before the new routes serve: whoever sees them sees the count.
         telemetry::record_reload(true);
-        self.state
-            .store(Arc::new(Snapshot::new(config, Some(&old))));
+        let new = Arc::new(Snapshot::new(config, Some(&old)));
+        telemetry::reconfigure(&new);
+        self.state.store(new);
         tracing::info!(trigger, routes, upstreams, "config reloaded");
     }
 }

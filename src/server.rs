@@ -56,7 +56,6 @@ pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
     server.bootstrap();
 
     let listen = config.server.listen.clone();
-    let metrics_listen = config.metrics_listen;
     let tls_listen = config
         .server
         .tls
@@ -99,10 +98,6 @@ pub fn run(config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
         "upstream dns refresh",
         DnsRefresh { state },
     ));
-    if let Some(addr) = metrics_listen {
-        // Its own service and socket: not the public port, and not drained with it.
-        server.add_service(crate::metrics::service(addr));
-    }
 
     tracing::info!(listen = ?listen, tls_listen = ?tls_listen, threads, "astron-edge starting");
     server.run(lifecycle.run_args());

@@ -120,13 +120,6 @@ pub fn put_hex(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = vec![0; bytes.len() * 2];
-    put_hex(&mut out, bytes);
-    out.into_iter().map(char::from).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +150,8 @@ mod tests {
             push_u64(&mut s, n);
             assert_eq!(s, n.to_string());
         }
-        assert_eq!(hex(&[0x0a, 0xff, 0x00]), "0aff00");
+        let mut out = [0; 6];
+        put_hex(&mut out, &[0x0a, 0xff, 0x00]);
+        assert_eq!(&out, b"0aff00");
     }
 }

@@ -95,7 +95,9 @@ fn expires_in_a_year() -> HeaderValue {
 }
 
 /// The process-wide asset store, made on the first request that finds `[cache]` in its
-/// config. Its size is fixed then: changing `[cache]` takes a restart.
+/// config. Each lookup makes it follow its config's `[cache]`: after a reload that
+/// shrinks it, the first request evicts down to the new size; one that removes `[cache]`
+/// empties it.
 #[derive(Default)]
 pub struct AssetCache {
     store: OnceLock<Arc<Store>>,
@@ -122,6 +124,9 @@ impl AssetCache {
         normalized_path: &str,
     ) -> Lookup {
         let Some(settings) = settings else {
+            if let Some(store) = self.store.get() {
+                store.follow(None);
+            }
             return Lookup::Bypass;
         };
         if route.cache != Some(CachePolicy::Immutable)
@@ -132,6 +137,7 @@ impl AssetCache {
             return Lookup::Bypass;
         }
         let store = self.store.get_or_init(|| Arc::new(Store::new(settings)));
+        store.follow(Some(settings));
         let key = cache_key(req, normalized_path);
         match store.get(&key) {
             Some(entry) => Lookup::Hit(entry),
@@ -465,10 +471,6 @@ mod tests {
                 Lookup::Bypass
             ));
         }
-        assert!(matches!(
-            cache.lookup(None, &immutable, &req, "/a.js"),
-            Lookup::Bypass
-        ));
         let mut with_auth = route(Some(CachePolicy::Immutable));
         with_auth.auth = Some(0);
         assert!(matches!(
@@ -501,6 +503,15 @@ mod tests {
         assert!(matches!(
             cache.lookup(SETTINGS, &immutable, &other_port, "/a.js"),
             Lookup::Hit(_)
+        ));
+        // a reload that turned the cache off: bypassed, and what it held is let go
+        assert!(matches!(
+            cache.lookup(None, &immutable, &req, "/a.js"),
+            Lookup::Bypass
+        ));
+        assert!(matches!(
+            cache.lookup(SETTINGS, &immutable, &req, "/a.js"),
+            Lookup::Miss(_)
         ));
     }
 

@@ -5,7 +5,8 @@
 //! with a prebuilt response header, so a hit is a map lookup, a header clone and a
 //! reference-counted body: no copy, no compression on the way out.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -151,13 +152,25 @@ impl Weighter<String, Arc<Entry>> for BySize {
     }
 }
 
+/// `max_object_size`, within what a shard of `shard_cap` admits: quick_cache admits an
+/// entry up to 97 % of a shard ("hot" share); stay below it.
+fn object_cap(max_object_size: u64, shard_cap: u64) -> u64 {
+    max_object_size.min(shard_cap / 100 * 90)
+}
+
 /// The size-bounded store. quick_cache evicts with a CLOCK-Pro variant: entries that were
 /// never hit again go first, in insertion order; an entry that was hit gets a second chance.
 pub struct Store {
     cache: Cache<String, Arc<Entry>, BySize>,
     /// Largest body that may be stored: the configured `max_object_size`, and never more
     /// than a shard can hold (a larger one would be refused by the cache anyway).
-    object_cap: u64,
+    object_cap: AtomicU64,
+    /// The `[cache]` settings the store follows now: a reload that changes them resizes
+    /// it ([`Store::follow`]); the shard count stays the one chosen at creation.
+    max_size: AtomicU64,
+    max_object_size: AtomicU64,
+    /// Serialises resizes (rare: a reload), never taken by a lookup.
+    resizing: Mutex<()>,
 }
 
 impl Store {
@@ -182,10 +195,39 @@ impl Store {
             // Unreachable: both required options are set above.
             Err(_) => Cache::with_weighter(items as usize, max_size, BySize),
         };
-        let shard_cap = cache.shard_capacity();
-        // quick_cache admits an entry up to 97 % of a shard ("hot" share); stay below it.
-        let object_cap = config.max_object_size.min(shard_cap / 100 * 90);
-        Store { cache, object_cap }
+        let object_cap = object_cap(config.max_object_size, cache.shard_capacity());
+        Store {
+            cache,
+            object_cap: AtomicU64::new(object_cap),
+            max_size: AtomicU64::new(max_size),
+            max_object_size: AtomicU64::new(config.max_object_size),
+            resizing: Mutex::new(()),
+        }
+    }
+
+    /// Follows the request's `[cache]` settings (`None`: off): a smaller `max_size` evicts
+    /// down to it at once, a larger one makes room. Two atomic loads when nothing changed.
+    pub fn follow(&self, config: Option<CacheConfig>) {
+        let (max_size, max_object_size) =
+            config.map_or((0, 0), |c| (c.max_size.max(1), c.max_object_size));
+        if self.max_size.load(Ordering::Relaxed) == max_size
+            && self.max_object_size.load(Ordering::Relaxed) == max_object_size
+        {
+            return;
+        }
+        let _resizing = self.resizing.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.max_size.load(Ordering::Relaxed) != max_size {
+            // quick_cache evicts down to the new weight here (CLOCK order)
+            self.cache.set_capacity(max_size);
+            if max_size == 0 {
+                self.cache.clear();
+            }
+            self.max_size.store(max_size, Ordering::Relaxed);
+        }
+        let cap = object_cap(max_object_size, self.cache.shard_capacity());
+        self.object_cap.store(cap, Ordering::Relaxed);
+        self.max_object_size
+            .store(max_object_size, Ordering::Relaxed);
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
@@ -193,13 +235,13 @@ impl Store {
     }
 
     pub fn insert(&self, key: String, entry: Entry) {
-        if entry.identity.body.len() as u64 <= self.object_cap {
+        if entry.identity.body.len() as u64 <= self.object_cap() {
             self.cache.insert(key, Arc::new(entry));
         }
     }
 
     pub fn object_cap(&self) -> u64 {
-        self.object_cap
+        self.object_cap.load(Ordering::Relaxed)
     }
 
     /// Total weight held (bytes, approximately).
@@ -243,6 +285,36 @@ mod tests {
         );
         assert!(store.get("k0").is_some(), "a hit entry survives");
         assert!(store.get("k4").is_some());
+    }
+
+    #[test]
+    fn a_smaller_size_evicts_at_once_and_off_empties() {
+        // Small entries: the cache's shards (their hash is random) never overflow at 1 MiB.
+        static BODY: [u8; 8_000] = [b'x'; 8_000];
+        let config = |max_size| CacheConfig {
+            max_size,
+            max_object_size: 64 * 1024,
+        };
+        let store = Store::new(config(1 << 20));
+        for i in 0..20 {
+            store.insert(format!("k{i}"), entry(&BODY));
+        }
+        assert!(store.weight() > 150 * 1024, "{}", store.weight());
+        store.follow(Some(config(1 << 20)));
+        assert!(store.weight() > 150 * 1024, "same settings: nothing moves");
+        store.follow(Some(config(50 * 1024)));
+        assert!(store.weight() <= 50 * 1024, "{}", store.weight());
+        assert!(store.capacity() <= 50 * 1024 + 16);
+        let held = (0..20).filter(|i| store.get(&format!("k{i}")).is_some());
+        assert!(held.count() <= 6);
+        store.follow(None);
+        assert_eq!(store.weight(), 0);
+        store.follow(Some(config(1 << 20)));
+        store.insert("again".into(), entry(&BODY));
+        assert!(
+            store.get("again").is_some(),
+            "a larger size makes room again"
+        );
     }
 
     #[test]

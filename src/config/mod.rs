@@ -95,6 +95,18 @@ pub enum LogFormat {
 pub struct AccessLogConfig {
     pub target: LogTarget,
     pub format: LogFormat,
+    /// `max_size` / `max_files`: the file is rotated by the proxy itself; `None`: never
+    /// (then `SIGUSR1` and logrotate, as with nginx).
+    pub rotation: Option<Rotation>,
+}
+
+/// `access_log.max_size` and `access_log.max_files` (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// The file is renamed to `FILE.1` before a batch would take it past this size.
+    pub max_size: u64,
+    /// Rotated files kept (`FILE.1` … `FILE.N`); the oldest is dropped.
+    pub max_files: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +117,12 @@ pub struct TelemetryConfig {
     pub service_name: String,
     pub sampling_ratio: f64,
     pub metrics_interval: Duration,
+    /// A span slower than this (a stream: its time to first byte) is exported even when
+    /// head sampling left it out, as are error spans when `keep_errors` (SPEC §6).
+    pub slow_threshold: Duration,
+    pub keep_errors: bool,
+    /// `compression = "gzip"`: OTLP payloads gzip-compressed.
+    pub gzip: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

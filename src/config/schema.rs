@@ -121,6 +121,8 @@ pub struct RawHealth {
 pub struct RawAccessLog {
     pub path: Option<Spanned<Str>>,
     pub format: Option<Spanned<Str>>,
+    pub max_size: Option<Spanned<Size>>,
+    pub max_files: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +140,9 @@ pub struct RawTelemetry {
     pub service_name: Option<Str>,
     pub sampling_ratio: Option<Spanned<f64>>,
     pub metrics_interval: Option<Dur>,
+    pub slow_threshold: Option<Dur>,
+    pub keep_errors: Option<bool>,
+    pub compression: Option<Spanned<Str>>,
 }
 
 #[derive(Debug, Deserialize)]

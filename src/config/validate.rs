@@ -22,6 +22,13 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CACHE_OBJECT_CAP: u64 = 8 << 20;
+/// A span at least this slow is kept whatever the sampler said (SPEC §6).
+const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(2);
+/// Access-log rotation: files kept by default, and bounds.
+const DEFAULT_LOG_FILES: u32 = 5;
+const MAX_LOG_FILES: u32 = 100;
+const MIN_LOG_SIZE: u64 = 1 << 10;
+const MAX_LOG_SIZE: u64 = 1 << 40;
 const DEFAULT_GZIP_TYPES: &[&str] = &[
     "text/plain",
     "text/css",
@@ -290,7 +297,45 @@ fn access_log(check: &Checker<'_>, raw: &RawConfig) -> Result<AccessLogConfig, C
             }
         },
     };
-    Ok(AccessLogConfig { target, format })
+    let rotation = match (&raw.access_log.max_size, &raw.access_log.max_files) {
+        (None, None) => None,
+        (None, Some(files)) => {
+            return Err(check.err(
+                files.span(),
+                "access_log.max_files needs access_log.max_size",
+            ))
+        }
+        (Some(size), files) => {
+            if !(MIN_LOG_SIZE..=MAX_LOG_SIZE).contains(&size.get_ref().0) {
+                return Err(check.err(size.span(), "access_log.max_size must be between 1k and 1t"));
+            }
+            let max_files = match files {
+                None => DEFAULT_LOG_FILES,
+                Some(f) if (1..=MAX_LOG_FILES).contains(f.get_ref()) => *f.get_ref(),
+                Some(f) => {
+                    return Err(check.err(
+                        f.span(),
+                        format!("access_log.max_files must be between 1 and {MAX_LOG_FILES}"),
+                    ))
+                }
+            };
+            if target == LogTarget::Stdout || target == LogTarget::Off {
+                return Err(check.err(
+                    size.span(),
+                    "access_log.max_size needs a file in access_log.path",
+                ));
+            }
+            Some(Rotation {
+                max_size: size.get_ref().0,
+                max_files,
+            })
+        }
+    };
+    Ok(AccessLogConfig {
+        target,
+        format,
+        rotation,
+    })
 }
 
 fn telemetry(check: &Checker<'_>, raw: &RawConfig) -> Result<TelemetryConfig, ConfigError> {
@@ -315,6 +360,19 @@ fn telemetry(check: &Checker<'_>, raw: &RawConfig) -> Result<TelemetryConfig, Co
             return Err(check.err(r.span(), "telemetry.sampling_ratio must be between 0 and 1"))
         }
     };
+    let gzip = match &t.compression {
+        None => false,
+        Some(c) => match c.get_ref().0.as_str() {
+            "gzip" => true,
+            "none" => false,
+            other => {
+                return Err(check.err(
+                    c.span(),
+                    format!("telemetry.compression {other:?}: expected \"gzip\" or \"none\""),
+                ))
+            }
+        },
+    };
     let endpoint = match &t.endpoint {
         None => "http://127.0.0.1:4317".to_owned(),
         Some(e) if e.get_ref().0.is_empty() => {
@@ -332,6 +390,9 @@ fn telemetry(check: &Checker<'_>, raw: &RawConfig) -> Result<TelemetryConfig, Co
             .map_or_else(|| "astron-edge".to_owned(), |s| s.0.clone()),
         sampling_ratio,
         metrics_interval: t.metrics_interval.map_or(Duration::from_secs(3), |d| d.0),
+        slow_threshold: t.slow_threshold.map_or(DEFAULT_SLOW_THRESHOLD, |d| d.0),
+        keep_errors: t.keep_errors.unwrap_or(true),
+        gzip,
     })
 }
 

@@ -179,6 +179,7 @@ impl ProxyHttp for EdgeProxy {
         };
         let (view, telemetry) = ctx.telemetry_parts();
         crate::telemetry::request_started(session, &view, telemetry);
+        crate::telemetry::request_id::assign(session.req_header(), telemetry);
         let needs_auth = ctx.proxy_route().is_some_and(|r| r.auth.is_some());
         match decision {
             Decision::Proxy if !needs_auth => Ok(self.proxy_on(session, ctx)),
@@ -294,8 +295,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Room for what is set below: the identity headers, `Host`, the trace context,
-        // `X-Accel-Buffering`, and the route's and forward auth's headers.
-        let own = 7 + ctx.proxy_route().map_or(0, |r| r.set_request_headers.len());
+        // `X-Request-ID`, `X-Accel-Buffering`, and the route's and forward auth's headers.
+        let own = 8 + ctx.proxy_route().map_or(0, |r| r.set_request_headers.len());
         make_room(upstream_request, own + ctx.auth_headers.len())?;
         let client = session.req_header();
         ClientIdentity::of(session).apply(client, upstream_request)?;
@@ -309,6 +310,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.set_uri(uri);
         }
         crate::telemetry::inject_trace_context(&ctx.telemetry, upstream_request)?;
+        crate::telemetry::request_id::set_on_request(&ctx.telemetry, upstream_request)?;
         let Some(route) = ctx.proxy_route() else {
             return Ok(());
         };
@@ -428,6 +430,9 @@ impl ProxyHttp for EdgeProxy {
                 status => status,
             }),
         };
+        if e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) {
+            crate::telemetry::upstream_failed(&mut ctx.telemetry);
+        }
         let exchange = crate::telemetry::Exchange::Session(session);
         let (view, telemetry) = ctx.telemetry_parts();
         crate::telemetry::request_finished(&exchange, &view, telemetry, status);
@@ -444,6 +449,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let status = log_failure(ctx, e);
+        // a failure before request_filter (none is known today) still gets an id
+        crate::telemetry::request_id::assign(session.req_header(), &mut ctx.telemetry);
         // A `100 Continue` is no answer yet: a body over the limit still gets its 413.
         let already_answered = session
             .response_written()
@@ -506,16 +513,12 @@ impl EdgeProxy {
             &auth.name,
             &auth.path,
         );
+        let mut extra = span.headers();
+        extra.extend(crate::telemetry::request_id::header(&ctx.telemetry));
         let outcome = self
             .shared
             .auth
-            .check(
-                auth,
-                upstream,
-                session.req_header(),
-                &identity,
-                &span.headers(),
-            )
+            .check(auth, upstream, session.req_header(), &identity, &extra)
             .await;
         let (result, answer) = match &outcome {
             AuthOutcome::Allow(_) => (AuthResult::Allow, None),

@@ -67,8 +67,10 @@ pub async fn relay_denial(
     Ok(())
 }
 
-/// The global headers, then the matched route's own ones.
+/// The global headers, then the matched route's own ones, and the request's
+/// `X-Request-ID`.
 pub fn add_configured_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    crate::telemetry::request_id::set_on_response(&ctx.telemetry, resp)?;
     for (name, value) in &ctx.snapshot.config.response_headers {
         resp.insert_header(name.clone(), value.clone())?;
     }

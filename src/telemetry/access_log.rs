@@ -11,6 +11,11 @@
 //! request appends, so no request wakes the writer, and a line costs the request path its
 //! formatting and one short lock, with no allocation. Lines queued before a `SIGUSR1` but
 //! not yet written go to the reopened file: none is lost.
+//!
+//! With `max_size` (SPEC §4) the writer rotates the file itself, between two lines:
+//! `FILE` becomes `FILE.1` (`FILE.1` becomes `FILE.2`, …, up to `max_files`, the oldest
+//! dropped) before a write would take it past the size. Only the writer thread writes
+//! and renames, so no line is lost or split across files.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -25,8 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use http::Version;
 
-use crate::config::{LogFormat, LogTarget};
-use crate::state::SharedState;
+use crate::config::{LogFormat, LogTarget, Rotation};
+use crate::state::{SharedState, Snapshot};
 use crate::text::IpText;
 
 /// Lines that may wait for the writer; beyond this they are dropped (and counted). Room
@@ -65,9 +70,11 @@ pub struct Entry<'a> {
     pub upstream_response_time: Option<Duration>,
     pub upstream_addr: Option<SocketAddr>,
     pub route: &'a str,
-    /// 32 lowercase hex digits when the request has a trace.
-    pub trace_id: Option<String>,
-    /// The stream fields of a stream's line (JSON format only).
+    /// The request's trace id, when it has a span (JSON only).
+    pub trace_id: Option<[u8; 16]>,
+    /// `X-Request-ID` (JSON only).
+    pub request_id: Option<&'a [u8]>,
+    /// The stream fields of a stream's line (JSON only).
     pub stream: Option<super::stream::StreamReport>,
 }
 
@@ -177,7 +184,14 @@ fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     out.extend_from_slice(b",\"x_forwarded_for\":");
     push_json_opt(out, e.x_forwarded_for);
     out.extend_from_slice(b",\"trace_id\":");
-    push_json_opt(out, e.trace_id.as_deref().map(str::as_bytes));
+    let mut hex = [0; 32];
+    let trace_id = e.trace_id.map(|id| {
+        crate::text::put_hex(&mut hex, &id);
+        &hex[..]
+    });
+    push_json_opt(out, trace_id);
+    out.extend_from_slice(b",\"request_id\":");
+    push_json_opt(out, e.request_id);
     if let Some(stream) = &e.stream {
         out.extend_from_slice(b",\"time_to_first_byte\":");
         match stream.time_to_first_byte {
@@ -300,12 +314,22 @@ struct Pending {
     /// Whole lines, newlines included, in the order they were queued.
     bytes: Vec<u8>,
     lines: usize,
+    /// Where in `bytes` lines formatted under another config start: each run goes to
+    /// the file (and rotation) of the config it was formatted with, so a reload that
+    /// changes `access_log.path` or `format` never puts a line in the other file.
+    segments: Vec<Segment>,
     /// Answered once every line queued before them is written ([`AccessLog::flush`]).
     acks: Vec<mpsc::Sender<()>>,
     /// `SIGUSR1`: reopen the file before writing what is pending.
     reopen: bool,
     /// The handle is gone: write what is pending and stop.
     closed: bool,
+}
+
+/// Lines of `bytes[start..]` (up to the next segment) were formatted under `snapshot`.
+struct Segment {
+    start: usize,
+    snapshot: Arc<Snapshot>,
 }
 
 /// What [`Pending::append`] did with a line.
@@ -319,9 +343,21 @@ enum Appended {
 }
 
 impl Pending {
-    fn append(&mut self, line: &[u8]) -> Appended {
+    /// Appends a line formatted under `snapshot`; a new segment starts when it is not
+    /// the config of the previous line (an `Arc` clone per batch and per reload).
+    fn append(&mut self, line: &[u8], snapshot: &Arc<Snapshot>) -> Appended {
         if self.lines >= QUEUE_LINES || self.bytes.len() + line.len() > QUEUE_BYTES {
             return Appended::Dropped;
+        }
+        if !self
+            .segments
+            .last()
+            .is_some_and(|s| Arc::ptr_eq(&s.snapshot, snapshot))
+        {
+            self.segments.push(Segment {
+                start: self.bytes.len(),
+                snapshot: snapshot.clone(),
+            });
         }
         let first = self.bytes.is_empty();
         self.bytes.extend_from_slice(line);
@@ -340,6 +376,7 @@ impl Pending {
 
 /// The handle of the access-log writer.
 pub struct AccessLog {
+    state: SharedState,
     pending: Arc<Mutex<Pending>>,
     writer: Thread,
 }
@@ -363,25 +400,36 @@ impl AccessLog {
         let pending = Arc::new(Mutex::new(Pending::default()));
         let output = Output::open(&state.load().config.access_log.target);
         let writer = Writer {
-            state,
+            state: state.clone(),
             pending: pending.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || writer.run(output))?;
         Ok(AccessLog {
+            state,
             pending,
             writer: thread.thread().clone(),
         })
     }
 
-    /// Formats `entry` and queues the line; never waits. A full queue drops the line and
-    /// counts it.
-    pub fn log(&self, format: LogFormat, entry: &Entry<'_>, now: SystemTime) {
+    /// Whether the live config logs at all (`access_log.path` is not `"off"`).
+    pub fn enabled(&self) -> bool {
+        self.state.load().config.access_log.target != LogTarget::Off
+    }
+
+    /// Formats `entry` in the live config's format and queues the line, tagged with that
+    /// config; never waits. A full queue drops the line and counts it.
+    pub fn log(&self, entry: &Entry<'_>, now: SystemTime) {
+        let live = self.state.load_full();
+        let config = &live.config.access_log;
+        if config.target == LogTarget::Off {
+            return;
+        }
         SCRATCH.with_borrow_mut(|line| {
             line.clear();
-            format_line(line, format, entry, now);
-            self.queue(line);
+            format_line(line, config.format, entry, now);
+            self.queue(line, &live);
             if line.capacity() > KEEP_SCRATCH_CAPACITY {
                 *line = Vec::with_capacity(SCRATCH_CAPACITY);
             }
@@ -390,8 +438,8 @@ impl AccessLog {
 
     /// Appends one whole line. Only the first line after the writer took the last batch
     /// wakes it; under load it is already awake, lingering.
-    fn queue(&self, line: &[u8]) {
-        let appended = lock(&self.pending).append(line);
+    fn queue(&self, line: &[u8], snapshot: &Arc<Snapshot>) {
+        let appended = lock(&self.pending).append(line, snapshot);
         match appended {
             Appended::First => self.writer.unpark(),
             Appended::More => {}
@@ -431,6 +479,7 @@ struct Writer {
 impl Writer {
     fn run(&self, mut output: Output) {
         let mut batch = Vec::new();
+        let mut segments = Vec::new();
         let mut acks = Vec::new();
         loop {
             // Parked only while idle: a request's first line unparks it.
@@ -443,15 +492,22 @@ impl Writer {
             let (reopen, closed) = {
                 let mut pending = lock(&self.pending);
                 std::mem::swap(&mut pending.bytes, &mut batch);
+                std::mem::swap(&mut pending.segments, &mut segments);
                 pending.lines = 0;
                 acks.append(&mut pending.acks);
                 (std::mem::take(&mut pending.reopen), pending.closed)
             };
-            self.follow_config(&mut output);
             if reopen {
                 output.reopen();
             }
-            output.write(&batch);
+            for (i, segment) in segments.iter().enumerate() {
+                let end = segments.get(i + 1).map_or(batch.len(), |next| next.start);
+                follow_config(&segment.snapshot, &mut output);
+                output.write(&batch[segment.start..end]);
+            }
+            segments.clear();
+            // a reload with no line since still moves the file (and closes the old one)
+            follow_config(&self.state.load(), &mut output);
             batch.clear();
             if batch.capacity() > KEEP_BATCH_CAPACITY {
                 batch.shrink_to(KEEP_BATCH_CAPACITY);
@@ -464,21 +520,25 @@ impl Writer {
             }
         }
     }
+}
 
-    /// Switches the output when a reload changed `access_log.path`.
-    fn follow_config(&self, output: &mut Output) {
-        let snapshot = self.state.load();
-        let target = &snapshot.config.access_log.target;
-        if *target != output.target {
-            *output = Output::open(target);
-        }
+/// Switches the output to the file of `snapshot`'s `access_log.path`, and its rotation.
+fn follow_config(snapshot: &Snapshot, output: &mut Output) {
+    let config = &snapshot.config.access_log;
+    if config.target != output.target {
+        *output = Output::open(&config.target);
     }
+    output.rotation = config.rotation;
 }
 
 /// Where lines go.
 struct Output {
     target: LogTarget,
     sink: Sink,
+    /// `max_size` / `max_files` of the live config (files only).
+    rotation: Option<Rotation>,
+    /// Bytes in the file: what it had when opened plus what was written since.
+    size: u64,
 }
 
 enum Sink {
@@ -489,11 +549,15 @@ enum Sink {
 
 impl Output {
     fn open(target: &LogTarget) -> Output {
+        let mut size = 0;
         let sink = match target {
             LogTarget::Off => Sink::Discard,
             LogTarget::Stdout => Sink::Stdout(io::stdout()),
             LogTarget::File(path) => match open_append(path) {
-                Ok(file) => Sink::File(file),
+                Ok(file) => {
+                    size = file.metadata().map_or(0, |m| m.len());
+                    Sink::File(file)
+                }
                 Err(e) => {
                     tracing::error!(path = %path.display(), "cannot open the access log: {e}");
                     Sink::Discard
@@ -503,6 +567,8 @@ impl Output {
         Output {
             target: target.clone(),
             sink,
+            rotation: None,
+            size,
         }
     }
 
@@ -510,21 +576,97 @@ impl Output {
         if let LogTarget::File(path) = &self.target {
             tracing::info!(path = %path.display(), "reopening the access log");
             let target = self.target.clone();
+            let rotation = self.rotation;
             *self = Output::open(&target);
+            self.rotation = rotation;
         }
     }
 
-    /// A batch of whole lines in one `write` (stdout: its lock held for the batch).
-    fn write(&mut self, batch: &[u8]) {
-        let result = match &mut self.sink {
-            Sink::Discard => Ok(()),
-            Sink::Stdout(w) => w.lock().write_all(batch).and_then(|()| w.flush()),
-            Sink::File(w) => w.write_all(batch),
-        };
-        if let Err(e) = result {
-            tracing::warn!("access log write failed: {e}");
+    /// A batch of whole lines in one `write` (stdout: its lock held for the batch). With
+    /// rotation, the batch is cut at the last line that fits and the file rotated before
+    /// the rest: a file grows past `max_size` only by a single line longer than that.
+    fn write(&mut self, mut batch: &[u8]) {
+        while !batch.is_empty() {
+            let take = match (self.rotation, &self.sink) {
+                (Some(rotation), Sink::File(_)) => {
+                    let room = rotation.max_size.saturating_sub(self.size);
+                    match whole_lines_within(batch, room) {
+                        0 if self.size > 0 => {
+                            self.rotate(rotation);
+                            continue;
+                        }
+                        // a line longer than max_size: a file of its own
+                        0 => batch
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(batch.len(), |i| i + 1),
+                        n => n,
+                    }
+                }
+                _ => batch.len(),
+            };
+            let (now, rest) = batch.split_at(take);
+            self.write_all(now);
+            batch = rest;
         }
     }
+
+    fn write_all(&mut self, bytes: &[u8]) {
+        let result = match &mut self.sink {
+            Sink::Discard => Ok(()),
+            Sink::Stdout(w) => w.lock().write_all(bytes).and_then(|()| w.flush()),
+            Sink::File(w) => w.write_all(bytes),
+        };
+        match result {
+            Ok(()) => self.size += bytes.len() as u64,
+            Err(e) => tracing::warn!("access log write failed: {e}"),
+        }
+    }
+
+    /// `FILE.N-1` → `FILE.N` … `FILE` → `FILE.1` (the oldest dropped), then a new `FILE`.
+    /// A rename that fails is logged and the file goes on growing: no line is lost.
+    fn rotate(&mut self, rotation: Rotation) {
+        let LogTarget::File(path) = &self.target else {
+            return;
+        };
+        let path = path.clone();
+        let numbered = |n: u32| {
+            let mut name = path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            std::path::PathBuf::from(name)
+        };
+        let mut result = Ok(());
+        for n in (1..rotation.max_files).rev() {
+            match std::fs::rename(numbered(n), numbered(n + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => result = Err(e),
+                _ => {}
+            }
+        }
+        if result.is_ok() {
+            result = std::fs::rename(&path, numbered(1));
+        }
+        match result {
+            Ok(()) => {
+                *self = Output::open(&self.target.clone());
+                self.rotation = Some(rotation);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "access log rotation failed: {e}");
+                // go on in the same file until the next rotation is due
+                self.size = 0;
+            }
+        }
+    }
+}
+
+/// The length of the longest run of whole lines at the start of `batch` within `room`
+/// bytes.
+fn whole_lines_within(batch: &[u8], room: u64) -> usize {
+    let limit = batch.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+    batch[..limit]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1)
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -555,7 +697,8 @@ mod tests {
             upstream_response_time: Some(Duration::from_millis(1200)),
             upstream_addr: Some("127.0.0.1:8080".parse().expect("addr")),
             route: "console-api",
-            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            trace_id: Some(0x0af7651916cd43dd8448eb211c80319c_u128.to_be_bytes()),
+            request_id: Some(b"req-42"),
             stream: None,
         }
     }
@@ -628,6 +771,7 @@ mod tests {
         assert_eq!(v["user_agent"], "curl/8.0");
         assert!(v["x_forwarded_for"].is_null());
         assert_eq!(v["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(v["request_id"], "req-42");
         let time = v["time"].as_str().expect("time");
         chrono::DateTime::parse_from_rfc3339(time).expect("RFC 3339 time");
     }
@@ -648,22 +792,48 @@ mod tests {
     }
 
     #[test]
+    fn rotation_cuts_between_lines_and_keeps_max_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        let mut output = Output::open(&LogTarget::File(path.clone()));
+        output.rotation = Some(Rotation {
+            max_size: 10,
+            max_files: 2,
+        });
+        output.write(b"111\n222\n333\n");
+        output.write(b"444\n");
+        output.write(b"0123456789abc\n55\n");
+        let read = |suffix: &str| {
+            let mut name = path.clone().into_os_string();
+            name.push(suffix);
+            std::fs::read_to_string(name).ok()
+        };
+        assert_eq!(read("").as_deref(), Some("55\n"));
+        assert_eq!(read(".1").as_deref(), Some("0123456789abc\n"));
+        assert_eq!(read(".2").as_deref(), Some("333\n444\n"));
+        assert_eq!(read(".3"), None, "max_files: the oldest is dropped");
+        assert_eq!(whole_lines_within(b"ab\ncd\n", 4), 3);
+        assert_eq!(whole_lines_within(b"ab\ncd\n", 2), 0);
+    }
+
+    #[test]
     fn the_queue_is_bounded_in_lines_and_bytes() {
+        let snapshot = state_logging_to("off").load_full();
         let mut pending = Pending::default();
-        assert_eq!(pending.append(b"a\n"), Appended::First);
-        assert_eq!(pending.append(b"b\n"), Appended::More);
+        assert_eq!(pending.append(b"a\n", &snapshot), Appended::First);
+        assert_eq!(pending.append(b"b\n", &snapshot), Appended::More);
         for _ in 2..QUEUE_LINES {
-            assert_eq!(pending.append(b"c\n"), Appended::More);
+            assert_eq!(pending.append(b"c\n", &snapshot), Appended::More);
         }
-        assert_eq!(pending.append(b"d\n"), Appended::Dropped);
+        assert_eq!(pending.append(b"d\n", &snapshot), Appended::Dropped);
         assert_eq!(pending.lines, QUEUE_LINES);
         assert!(pending.bytes.starts_with(b"a\nb\nc\n"));
 
         let mut pending = Pending::default();
         let long = vec![b'x'; QUEUE_BYTES / 2];
-        assert_eq!(pending.append(&long), Appended::First);
-        assert_eq!(pending.append(&long), Appended::More);
-        assert_eq!(pending.append(b"\n"), Appended::Dropped);
+        assert_eq!(pending.append(&long, &snapshot), Appended::First);
+        assert_eq!(pending.append(&long, &snapshot), Appended::More);
+        assert_eq!(pending.append(b"\n", &snapshot), Appended::Dropped);
         assert_eq!(pending.bytes.len(), QUEUE_BYTES);
     }
 
@@ -674,20 +844,20 @@ mod tests {
         let state = state_logging_to(path.to_str().expect("utf-8 path"));
         let log = AccessLog::start(state.clone()).expect("start");
         let flush = || assert!(log.flush(Instant::now() + Duration::from_secs(5)));
-        log.queue(b"one\n");
+        log.queue(b"one\n", &state.load_full());
         flush();
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "one\n");
         let rotated = dir.path().join("access.log.1");
         std::fs::rename(&path, &rotated).expect("rename");
         log.reopen();
-        log.queue(b"two\n");
+        log.queue(b"two\n", &state.load_full());
         flush();
         assert_eq!(std::fs::read_to_string(&rotated).expect("read"), "one\n");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "two\n");
         let other = dir.path().join("other.log");
         let reloaded = state_logging_to(other.to_str().expect("utf-8 path")).load_full();
         state.store(reloaded);
-        log.queue(b"three\n");
+        log.queue(b"three\n", &state.load_full());
         flush();
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "two\n");
         assert_eq!(std::fs::read_to_string(&other).expect("read"), "three\n");

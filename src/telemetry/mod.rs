@@ -17,7 +17,12 @@
 //! Before [`init`] (unit tests) everything is off.
 
 pub mod access_log;
+mod keep;
+pub mod log_levels;
+mod metrics_server;
 mod otlp;
+mod reconfigure;
+pub mod request_id;
 mod settings;
 mod span_queue;
 pub mod stream;
@@ -26,6 +31,8 @@ pub mod traces;
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant, SystemTime};
 
 use pingora::http::RequestHeader;
@@ -33,7 +40,6 @@ use pingora::proxy::Session;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::client::{client_ip, X_FORWARDED_FOR};
-use crate::config::{LogFormat, LogTarget, OtlpProtocol};
 use crate::metrics::{self, InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
 use crate::state::{SharedState, Snapshot};
 use crate::text::IpText;
@@ -52,9 +58,14 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Telemetry {
     access_log: AccessLog,
-    otlp: Option<Otlp>,
-    /// Runs the SIGUSR1 watch and the OTLP exporters' network I/O; lives as long as the
-    /// process (a static is never dropped).
+    /// The OTLP pipelines of the running config; a reload that changes their settings
+    /// swaps them ([`reconfigure`]): requests load them when they start and end.
+    otlp: ArcSwapOption<Otlp>,
+    /// The settings `otlp` was built from, and the metrics listener: what a reload
+    /// compares with.
+    running: std::sync::Mutex<reconfigure::Running>,
+    /// Runs the SIGUSR1 watch, the metrics listener and the OTLP exporters' network I/O;
+    /// lives as long as the process (a static is never dropped).
     runtime: tokio::runtime::Runtime,
 }
 
@@ -64,19 +75,18 @@ fn global() -> Option<&'static Telemetry> {
     TELEMETRY.get()
 }
 
-fn otlp_pipeline() -> Option<&'static Otlp> {
-    global()?.otlp.as_ref()
+/// The running OTLP pipelines; with OTLP off, one load and no reference count.
+fn otlp_pipeline() -> Option<Arc<Otlp>> {
+    global()?.otlp.load().as_ref().map(Arc::clone)
 }
 
 /// Starts the access-log writer, the OTLP pipelines (when enabled by the config or the
-/// environment) and the SIGUSR1 handler. Called once, before the server runs.
+/// environment), the metrics listener and the SIGUSR1 handler. Called once, before the
+/// server runs.
 pub fn init(state: &SharedState) -> anyhow::Result<()> {
     metrics::init();
     metrics::record_config_loaded();
     let snapshot = state.load_full();
-    if snapshot.config.metrics_listen.is_some() {
-        metrics::count_requests();
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("telemetry")
@@ -87,40 +97,17 @@ pub fn init(state: &SharedState) -> anyhow::Result<()> {
         let _enter = runtime.enter();
         signal(SignalKind::user_defined1())?
     };
-    let otlp = match settings::resolve(&snapshot.config.telemetry, &|name| std::env::var(name).ok())
-    {
-        None => None,
-        Some(settings) => {
-            let _enter = runtime.enter();
-            match Otlp::start(&settings, runtime.handle()) {
-                Ok(otlp) => {
-                    tracing::info!(
-                        endpoint = %settings.endpoint,
-                        protocol = match settings.protocol {
-                            OtlpProtocol::Grpc => "grpc",
-                            OtlpProtocol::HttpProtobuf => "http/protobuf",
-                        },
-                        service_name = %settings.service_name,
-                        "OTLP export on"
-                    );
-                    Some(otlp)
-                }
-                Err(e) => {
-                    tracing::error!("OTLP export off: cannot set up the exporters: {e:#}");
-                    None
-                }
-            }
-        }
-    };
     let telemetry = Telemetry {
         access_log: AccessLog::start(state.clone())?,
-        otlp,
+        otlp: ArcSwapOption::empty(),
+        running: std::sync::Mutex::new(reconfigure::Running::default()),
         runtime,
     };
     if TELEMETRY.set(telemetry).is_err() {
         anyhow::bail!("telemetry initialised twice");
     }
     if let Some(t) = global() {
+        reconfigure::start(t, &snapshot.config)?;
         t.runtime.spawn(async move {
             while usr1.recv().await.is_some() {
                 if let Some(t) = global() {
@@ -130,6 +117,16 @@ pub fn init(state: &SharedState) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// A reload swapped in `snapshot`: the metrics listener moves, the OTLP pipelines are
+/// rebuilt when their settings changed (SPEC §3: everything but the listeners reloads).
+/// The access log and the per-request rules (sampling ratio, error/slow keeping) follow
+/// each request's snapshot by themselves.
+pub fn reconfigure(snapshot: &crate::state::Snapshot) {
+    if let Some(t) = global() {
+        reconfigure::apply(t, &snapshot.config);
+    }
 }
 
 /// Writes the queued access-log lines and exports the pending spans and metrics, within
@@ -142,7 +139,7 @@ pub fn shutdown() {
     if !t.access_log.flush(deadline) {
         tracing::warn!("access log not fully written at exit");
     }
-    if let Some(otlp) = &t.otlp {
+    if let Some(otlp) = t.otlp.swap(None) {
         otlp.shutdown(deadline);
     }
 }
@@ -165,6 +162,10 @@ pub struct RequestTelemetry {
     /// Boxed: the context is moved with Pingora's request futures, and an inline span
     /// would make every request copy it, traced or not.
     span: Option<Box<ServerSpan>>,
+    /// `X-Request-ID`, decided in `request_filter` ([`request_id`]).
+    request_id: Option<http::HeaderValue>,
+    /// The upstream failed (refused, timed out, broke off): the span is an error's.
+    upstream_failed: bool,
 }
 
 impl RequestTelemetry {
@@ -232,14 +233,15 @@ pub enum Kind {
 /// proxied requests the SERVER span (a child of the client's `traceparent`).
 pub fn request_started(session: &Session, view: &RequestView<'_>, tel: &mut RequestTelemetry) {
     let prometheus = metrics::requests_counted();
-    let otlp = otlp_pipeline();
-    if !prometheus && otlp.is_none() {
+    let otlp = global().is_some_and(|t| t.otlp.load().is_some());
+    if !prometheus && !otlp {
         return;
     }
     let route = route_metrics(view);
     tel.client = client_ip(session);
-    if let (Some(otlp), Kind::Proxied) = (otlp, view.kind) {
-        let span = ServerSpan::start(otlp, &session.req_header().headers);
+    if otlp && view.kind == Kind::Proxied {
+        let ratio = view.snapshot.config.telemetry.sampling_ratio;
+        let span = ServerSpan::start(ratio, &session.req_header().headers);
         tel.span = Some(Box::new(span));
     }
     if prometheus {
@@ -301,6 +303,12 @@ pub fn upstream_responded(
     if event_stream || (response.status.is_success() && view.sse_route) {
         tel.stream = Some(Box::new(Stream::open(view.label, event_stream)));
     }
+}
+
+/// The request failed at the upstream (connection, timeout, or a stream broken off):
+/// its span is kept as an error's even when the client saw a 2xx ([`keep`]).
+pub fn upstream_failed(tel: &mut RequestTelemetry) {
+    tel.upstream_failed = true;
 }
 
 /// What is known about a request when it ends.
@@ -432,9 +440,11 @@ pub fn request_finished(
     let span = tel.span.take();
     let prometheus = metrics::requests_counted();
     let otlp = otlp_pipeline();
-    let logs =
-        view.kind != Kind::Health && view.snapshot.config.access_log.target != LogTarget::Off;
-    let access_log = global().filter(|_| logs).map(|t| &t.access_log);
+    // The live config decides whether and how the line is written (the access log's file
+    // and format follow a reload at once, even for requests that started before it).
+    let access_log = global()
+        .filter(|t| view.kind != Kind::Health && t.access_log.enabled())
+        .map(|t| &t.access_log);
     if !prometheus && otlp.is_none() && access_log.is_none() {
         return;
     }
@@ -465,6 +475,7 @@ pub fn request_finished(
             headers: &headers,
             client,
             span: span.as_deref(),
+            request_id: tel.request_id.as_ref().map(|v| v.as_bytes()),
         };
         write_log_line(req, view, &finished, &line, access_log);
     }
@@ -482,10 +493,24 @@ pub fn request_finished(
             upstream.as_deref(),
             &finished,
             prometheus,
-            otlp,
+            otlp.as_deref(),
         );
         if let (Some(span), Some(otlp)) = (span, otlp) {
-            span.finish(otlp, (finished.at, finished.elapsed), || ServerRequest {
+            let keep = || {
+                // A stream's is its time to first byte (SPEC §6), not its length.
+                let latency = finished
+                    .stream
+                    .and_then(|s| s.time_to_first_byte)
+                    .unwrap_or(finished.elapsed);
+                let outcome = keep::Outcome {
+                    status,
+                    upstream_failed: tel.upstream_failed,
+                    latency,
+                };
+                keep::reason(&view.snapshot.config.telemetry, &outcome)
+            };
+            let times = (finished.at, finished.elapsed);
+            span.finish(&otlp, times, keep, || ServerRequest {
                 naming: route.span_naming(finished.method),
                 path: req.uri.path(),
                 client,
@@ -496,6 +521,7 @@ pub fn request_finished(
                     .peer
                     .zip(upstream.as_deref())
                     .map(|(peer, u)| u.peer_name(peer)),
+                request_id: tel.request_id.as_ref().and_then(|v| v.to_str().ok()),
                 stream: finished.stream,
             });
         }
@@ -546,6 +572,7 @@ struct LineParts<'a> {
     headers: &'a ReportedHeaders<'a>,
     client: Option<&'a IpText>,
     span: Option<&'a ServerSpan>,
+    request_id: Option<&'a [u8]>,
 }
 
 fn write_log_line(
@@ -556,7 +583,6 @@ fn write_log_line(
     access_log: &AccessLog,
 ) {
     let headers = parts.headers;
-    let format = view.snapshot.config.access_log.format;
     let entry = Entry {
         remote_addr: parts.client,
         authorization: headers.authorization,
@@ -573,13 +599,11 @@ fn write_log_line(
         upstream_addr: view.peer,
         route: view.label,
         // Only the JSON format has the field.
-        trace_id: parts
-            .span
-            .filter(|_| format == LogFormat::Json)
-            .map(|s| s.context().trace_id_hex()),
+        trace_id: parts.span.map(|s| s.context().trace_id),
+        request_id: parts.request_id,
         stream: f.stream,
     };
-    access_log.log(format, &entry, f.at);
+    access_log.log(&entry, f.at);
 }
 
 /// `server.address`: the host the client asked for (`header`: its `Host`), without the port.

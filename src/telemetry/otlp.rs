@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use opentelemetry::metrics::{Histogram, MeterProvider as _};
 use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{Compression, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::resource::{
     EnvResourceDetector, ResourceDetector, TelemetryResourceDetector,
@@ -37,8 +37,6 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// The running pipelines and the handles the request path records through.
 pub struct Otlp {
-    /// `telemetry.sampling_ratio` for requests without a parent.
-    pub sampling_ratio: f64,
     /// `http.server.request.duration`, seconds.
     pub server_duration: Histogram<f64>,
     /// `http.client.request.duration`, seconds (the upstream calls).
@@ -84,7 +82,6 @@ impl Otlp {
             .build();
 
         Ok(Otlp {
-            sampling_ratio: settings.sampling_ratio,
             server_duration,
             client_duration,
             spans,
@@ -146,19 +143,32 @@ fn metric_exporter(
     runtime: &Handle,
 ) -> anyhow::Result<opentelemetry_otlp::MetricExporter> {
     let builder = opentelemetry_otlp::MetricExporter::builder();
+    let gzip = settings.metrics_gzip;
     let exporter = match settings.protocol {
-        OtlpProtocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.metric_timeout)
-            .build()?,
-        OtlpProtocol::HttpProtobuf => builder
-            .with_http()
-            .with_http_client(RuntimeHttpClient::new(runtime, settings.metric_timeout)?)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(signal_url(&settings.endpoint, "metrics"))
-            .with_timeout(settings.metric_timeout)
-            .build()?,
+        OtlpProtocol::Grpc => {
+            let builder = builder
+                .with_tonic()
+                .with_endpoint(settings.endpoint.clone())
+                .with_timeout(settings.metric_timeout);
+            if gzip {
+                builder.with_compression(Compression::Gzip).build()?
+            } else {
+                builder.build()?
+            }
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let builder = builder
+                .with_http()
+                .with_http_client(RuntimeHttpClient::new(runtime, settings.metric_timeout)?)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(signal_url(&settings.endpoint, "metrics"))
+                .with_timeout(settings.metric_timeout);
+            if gzip {
+                builder.with_compression(Compression::Gzip).build()?
+            } else {
+                builder.build()?
+            }
+        }
     };
     Ok(exporter)
 }

@@ -12,6 +12,8 @@
 //! - protocol: `OTEL_EXPORTER_OTLP_PROTOCOL`, then gRPC when the endpoint came from
 //!   `OTLP_ENDPOINT`, then `telemetry.protocol`;
 //! - service name: `OTEL_SERVICE_NAME`, then `telemetry.service_name`;
+//! - compression: `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION` / `_METRICS_COMPRESSION`, then
+//!   `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip` or `none`), then `telemetry.compression`;
 //! - batch and reader settings: the `OTLP_TRACE_*` / `OTLP_METRIC_*` variables, then the
 //!   OpenTelemetry defaults (`metrics_interval` from the table).
 //!
@@ -36,7 +38,6 @@ pub struct OtlpSettings {
     pub endpoint: String,
     pub protocol: OtlpProtocol,
     pub service_name: String,
-    pub sampling_ratio: f64,
     pub metrics_interval: Duration,
     pub trace_queue_size: usize,
     pub trace_schedule_delay: Duration,
@@ -45,6 +46,10 @@ pub struct OtlpSettings {
     pub trace_timeout: Duration,
     /// Deadline of one metrics export.
     pub metric_timeout: Duration,
+    /// Span export requests are gzip-compressed.
+    pub traces_gzip: bool,
+    /// Metric export requests are gzip-compressed.
+    pub metrics_gzip: bool,
 }
 
 /// The settings, or `None` when telemetry is off. `env` looks a variable up.
@@ -109,11 +114,27 @@ pub fn resolve(
         .unwrap_or(DEFAULT_BATCH_SIZE)
         .min(trace_queue_size);
 
+    let compression = |signal_var: &str| -> bool {
+        for name in [signal_var, "OTEL_EXPORTER_OTLP_COMPRESSION"] {
+            if let Some(value) = var(name) {
+                match value.trim().to_ascii_lowercase().as_str() {
+                    "gzip" => return true,
+                    "none" => return false,
+                    other => {
+                        tracing::warn!("{name}={other:?} is not supported (gzip, none); ignored")
+                    }
+                }
+            }
+        }
+        config.gzip
+    };
+
     Some(OtlpSettings {
+        traces_gzip: compression("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
+        metrics_gzip: compression("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"),
         endpoint,
         protocol,
         service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| config.service_name.clone()),
-        sampling_ratio: config.sampling_ratio,
         metrics_interval: millis("OTLP_METRIC_EXPORT_INTERVAL_MILLIS")
             .unwrap_or(config.metrics_interval),
         trace_queue_size,
@@ -145,6 +166,9 @@ mod tests {
             service_name: "astron-edge".into(),
             sampling_ratio: 0.5,
             metrics_interval: Duration::from_secs(3),
+            slow_threshold: Duration::from_secs(2),
+            keep_errors: true,
+            gzip: false,
         }
     }
 
@@ -163,12 +187,33 @@ mod tests {
         assert_eq!(s.endpoint, "http://collector:4318");
         assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(s.service_name, "astron-edge");
-        assert_eq!(s.sampling_ratio, 0.5);
         assert_eq!(s.metrics_interval, Duration::from_secs(3));
         assert_eq!(s.trace_queue_size, 2048);
         assert_eq!(s.trace_batch_size, 512);
         assert_eq!(s.trace_schedule_delay, Duration::from_secs(5));
         assert_eq!(s.trace_timeout, Duration::from_secs(10));
+        assert!(!s.traces_gzip && !s.metrics_gzip);
+    }
+
+    #[test]
+    fn compression_per_signal_overrides_the_general_variable_and_the_table() {
+        let mut gzip_table = table(true);
+        gzip_table.gzip = true;
+        let s = resolve(&gzip_table, &with(&[])).expect("on");
+        assert!(s.traces_gzip && s.metrics_gzip);
+        let env = [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
+        ];
+        let s = resolve(&table(true), &with(&env)).expect("on");
+        assert!(s.traces_gzip);
+        assert!(!s.metrics_gzip);
+        let env = [("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")];
+        let s = resolve(&gzip_table, &with(&env)).expect("on");
+        assert!(
+            s.traces_gzip,
+            "an unsupported value falls back to the table"
+        );
     }
 
     #[test]

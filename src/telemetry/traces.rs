@@ -24,6 +24,7 @@ use rand::{Rng, SeedableRng};
 
 use super::otlp::Otlp;
 use crate::metrics::AuthResult;
+use crate::metrics::Kept;
 use crate::otlp_wire::{Attributes, Naming, SpanHead, SpanKind};
 use crate::text::{self, IpText};
 
@@ -69,11 +70,6 @@ impl TraceContext {
             headers.push((TRACESTATE.clone(), state.clone()));
         }
         headers
-    }
-
-    /// The trace id as 32 lowercase hex digits (the JSON access log's `trace_id`).
-    pub fn trace_id_hex(&self) -> String {
-        text::hex(&self.trace_id)
     }
 
     /// The client's context from its `traceparent` (and `tracestate`), when valid.
@@ -177,7 +173,7 @@ thread_local! {
 }
 
 /// Random bytes, never all zero (an invalid id in W3C trace context).
-fn random_id<const N: usize>() -> [u8; N] {
+pub(super) fn random_id<const N: usize>() -> [u8; N] {
     IDS.with_borrow_mut(|rng| {
         let mut id = [0; N];
         while id == [0; N] {
@@ -224,13 +220,16 @@ pub struct ServerRequest<'a> {
     pub status: u16,
     /// The upstream server's `address:port`, when one was chosen.
     pub upstream: Option<Arc<str>>,
+    /// `X-Request-ID` ([`super::request_id`]).
+    pub request_id: Option<&'a str>,
     /// How the answer's stream went, when it was one.
     pub stream: Option<super::stream::StreamReport>,
 }
 
 impl ServerSpan {
-    /// Starts the span as a child of the request's `traceparent`, if any.
-    pub fn start(otlp: &Otlp, headers: &HeaderMap) -> Self {
+    /// Starts the span as a child of the request's `traceparent`, if any; without one,
+    /// sampled at `sampling_ratio` (the request's config: a reload applies to new requests).
+    pub fn start(sampling_ratio: f64, headers: &HeaderMap) -> Self {
         let client = ClientTraceHeaders::of(headers);
         let parent = TraceContext::extract(&client);
         let (context, parent_span_id) = match parent {
@@ -240,7 +239,7 @@ impl ServerSpan {
             }
             None => {
                 let trace_id = new_trace_id();
-                let sampled = sampled_by_ratio(&trace_id, otlp.sampling_ratio);
+                let sampled = sampled_by_ratio(&trace_id, sampling_ratio);
                 let context = TraceContext {
                     trace_id,
                     span_id: new_span_id(),
@@ -268,15 +267,20 @@ impl ServerSpan {
     }
 
     /// Ends the span at `end`, `elapsed` after it started, and queues it for export when
-    /// sampled; `request` is only asked for then.
+    /// sampled, or when `keep` says the head sampler must be overruled (an error or slow
+    /// request, [`super::keep`]); `keep` and `request` are only asked for when needed.
     pub fn finish<'a>(
         self,
         otlp: &Otlp,
         (end, elapsed): (SystemTime, Duration),
+        keep: impl FnOnce() -> Option<Kept>,
         request: impl FnOnce() -> ServerRequest<'a>,
     ) {
         if !self.context.sampled {
-            return;
+            let Some(reason) = keep() else {
+                return;
+            };
+            super::metrics::span_kept(reason);
         }
         let req = &request();
         let error = (req.status >= 500).then(|| format!("HTTP {}", req.status));
@@ -301,6 +305,9 @@ impl ServerSpan {
             a.int("http.response.status_code", i64::from(req.status));
             if let Some(upstream) = &req.upstream {
                 a.str("upstream.address", upstream);
+            }
+            if let Some(id) = req.request_id {
+                a.str_array("http.request.header.x-request-id", id);
             }
             if let Some(stream) = &req.stream {
                 if let Some(ttfb) = stream.time_to_first_byte {
@@ -348,7 +355,7 @@ pub struct AuthSpan<'a> {
 }
 
 struct AuthCall<'a> {
-    otlp: &'static Otlp,
+    otlp: Arc<Otlp>,
     context: TraceContext,
     parent_span_id: [u8; 8],
     start: SystemTime,

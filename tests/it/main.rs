@@ -9,6 +9,7 @@ mod config_check;
 mod deploy;
 mod gzip;
 mod layering;
+mod observe;
 mod reload;
 mod routing;
 mod shutdown;

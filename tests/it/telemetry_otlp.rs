@@ -28,6 +28,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
+use tonic::codec::CompressionEncoding;
 
 /// A span as received, with the service name of its resource.
 #[derive(Clone, Debug)]
@@ -47,6 +48,18 @@ pub(crate) struct Collector {
     tenant: Arc<Mutex<Option<String>>>,
     /// Metric name → the attribute sets of its data points.
     metrics: Arc<Mutex<HashMap<String, Vec<Attributes>>>>,
+    /// `grpc-encoding` of each export ("identity" when absent): traces, then metrics.
+    encodings: Arc<Mutex<(Vec<String>, Vec<String>)>>,
+}
+
+/// The `grpc-encoding` a request came with.
+fn grpc_encoding<T>(request: &tonic::Request<T>) -> String {
+    request
+        .metadata()
+        .get("grpc-encoding")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .to_owned()
 }
 
 impl Collector {
@@ -93,6 +106,8 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let encoding = grpc_encoding(&request);
+        self.encodings.lock().expect("lock").0.push(encoding);
         let tenant = request.metadata().get("x-tenant");
         *self.tenant.lock().expect("lock") = tenant.and_then(|v| v.to_str().ok()).map(Into::into);
         self.record_spans(request.into_inner());
@@ -106,6 +121,8 @@ impl MetricsService for Collector {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let encoding = grpc_encoding(&request);
+        self.encodings.lock().expect("lock").1.push(encoding);
         let mut metrics = self.metrics.lock().expect("lock");
         for resource in request.into_inner().resource_metrics {
             for scope in resource.scope_metrics {
@@ -134,8 +151,13 @@ pub(crate) async fn start_collector() -> (Collector, SocketAddr) {
     let addr = listener.local_addr().expect("collector addr");
     let collector = Collector::default();
     let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(collector.clone()))
-        .add_service(MetricsServiceServer::new(collector.clone()))
+        .add_service(
+            TraceServiceServer::new(collector.clone()).accept_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            MetricsServiceServer::new(collector.clone())
+                .accept_compressed(CompressionEncoding::Gzip),
+        )
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     tokio::spawn(server);
     (collector, addr)
@@ -732,5 +754,299 @@ async fn a_collector_that_never_answers_costs_requests_nothing() {
     assert!(
         !held.lock().expect("lock").is_empty(),
         "the proxy never tried the collector"
+    );
+}
+
+/// `http.request.header.x-request-id`, a one-element string array (semantic conventions).
+fn request_id_attribute(span: &Span) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == "http.request.header.x-request-id")
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::ArrayValue(array) => match array.values.first()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+}
+
+/// `sampling_ratio = 0`: only spans of errors (a 502) and of slow requests are exported,
+/// each counted; the upstream still gets the head decision (unsampled) in its
+/// `traceparent`; the request id is the span's trace id and one of its attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_and_slow_spans_are_kept_at_sampling_ratio_zero() {
+    let (collector, addr) = start_collector().await;
+    let app = Backend::echo().await;
+    let slow = Backend::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        text_response(200, "slow")
+    })
+    .await;
+    let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let proxy = Proxy::start_with_env(
+        &format!(
+            r#"
+[access_log]
+path = "off"
+
+[metrics]
+listen = "{metrics}"
+
+[telemetry]
+enabled = true
+endpoint = "http://{addr}"
+sampling_ratio = 0.0
+slow_threshold = "300ms"
+
+[upstreams.app]
+servers = ["{app}"]
+
+[upstreams.slow]
+servers = ["{slow}"]
+
+[upstreams.down]
+servers = ["127.0.0.1:{closed}"]
+
+[[routes]]
+name = "api"
+prefix = "/api/"
+upstream = "app"
+
+[[routes]]
+name = "lagging"
+prefix = "/lagging/"
+upstream = "slow"
+
+[[routes]]
+name = "broken"
+prefix = "/broken/"
+upstream = "down"
+"#,
+            app = app.addr,
+            slow = slow.addr,
+            closed = common::free_port(),
+        ),
+        FAST_EXPORT,
+    );
+    let client = common::client();
+    let get = |path: &'static str| client.get(proxy.url(path)).send();
+    for _ in 0..5 {
+        assert_eq!(get("/api/fast").await.expect("fast").status(), 200);
+    }
+    let lagging = get("/lagging/x").await.expect("slow");
+    assert_eq!(lagging.status(), 200);
+    // the proxy closes the connection after a 502: a client of its own
+    let failed = common::client()
+        .get(proxy.url("/broken/x"))
+        .send()
+        .await
+        .expect("502");
+    assert_eq!(failed.status(), 502);
+    let failed_id = failed
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("request id on the 502");
+
+    let broken = wait_for_span(&collector, "GET broken").await.span;
+    assert_eq!(
+        broken.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    // the request id is the trace id of the request's span, and on the span
+    assert_eq!(hex(&broken.trace_id), failed_id);
+    assert_eq!(request_id_attribute(&broken), Some(failed_id));
+    let kept_slow = wait_for_span(&collector, "GET lagging").await.span;
+    let upstream_traceparent = slow.last().header("traceparent").map(str::to_owned);
+    assert_eq!(
+        upstream_traceparent,
+        Some(format!(
+            "00-{}-{}-00",
+            hex(&kept_slow.trace_id),
+            hex(&kept_slow.span_id)
+        )),
+        "the upstream keeps the head decision"
+    );
+    // the fast ones went before the kept ones, and none is there
+    assert!(
+        collector.span_named("GET api").is_none(),
+        "{:?}",
+        collector.spans()
+    );
+
+    let scrape = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        scrape.contains("edge_trace_spans_kept_total{reason=\"error\"} 1\n"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("edge_trace_spans_kept_total{reason=\"slow\"} 1\n"),
+        "{scrape}"
+    );
+}
+
+/// `compression = "gzip"` over gRPC: the collector sees `grpc-encoding: gzip` on span and
+/// metric exports (tonic decodes them: a wrong encoding would fail the export).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_is_gzip_compressed() {
+    let (collector, addr) = start_collector().await;
+    let app = Backend::echo().await;
+    let auth = Backend::start(|_| async { text_response(200, "ok") }).await;
+    let table = config(&format!("http://{addr}"), "grpc", app.addr, auth.addr).replace(
+        "metrics_interval",
+        "compression = \"gzip\"\nmetrics_interval",
+    );
+    let proxy = Proxy::start_with_env(&table, FAST_EXPORT);
+    let response = common::client()
+        .get(proxy.url("/api/zipped"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    wait_for_span(&collector, "GET api").await;
+    let metrics_arrived = wait_until(Duration::from_secs(15), || {
+        !collector
+            .metric_points("http.server.request.duration")
+            .is_empty()
+    })
+    .await;
+    assert!(metrics_arrived, "no metrics export");
+    let (traces, metrics) = collector.encodings.lock().expect("lock").clone();
+    assert!(
+        !traces.is_empty() && traces.iter().all(|e| e == "gzip"),
+        "{traces:?}"
+    );
+    assert!(
+        !metrics.is_empty() && metrics.iter().all(|e| e == "gzip"),
+        "{metrics:?}"
+    );
+}
+
+/// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` over http/protobuf: `Content-Encoding: gzip`
+/// bodies that inflate to valid export requests, spans and metrics alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_export_is_gzip_compressed_from_the_environment() {
+    use std::io::Read as _;
+    let receiver = Backend::start(|_| async {
+        hyper::Response::builder()
+            .status(200)
+            .header("content-type", "application/x-protobuf")
+            .body(common::full(Vec::new()))
+            .expect("response")
+    })
+    .await;
+    let app = Backend::echo().await;
+    let table = format!(
+        r#"
+[access_log]
+path = "off"
+
+[telemetry]
+enabled = true
+endpoint = "http://{receiver}"
+protocol = "http/protobuf"
+metrics_interval = "300ms"
+
+[upstreams.app]
+servers = ["{app}"]
+
+[[routes]]
+name = "api"
+prefix = "/api/"
+upstream = "app"
+"#,
+        receiver = receiver.addr,
+        app = app.addr
+    );
+    let proxy = Proxy::start_with_env(
+        &table,
+        &[
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "100"),
+        ],
+    );
+    let response = common::client()
+        .get(proxy.url("/api/x"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let inflate = |body: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .expect("a gzip body");
+        out
+    };
+    let both = wait_until(Duration::from_secs(15), || {
+        let requests = receiver.requests();
+        ["/v1/traces", "/v1/metrics"]
+            .iter()
+            .all(|signal| requests.iter().any(|r| r.uri == *signal))
+    })
+    .await;
+    assert!(both, "exports: {:?}", receiver.requests());
+    let collector = Collector::default();
+    for request in receiver.requests() {
+        assert_eq!(
+            request.header("content-encoding"),
+            Some("gzip"),
+            "{}",
+            request.uri
+        );
+        let body = inflate(&request.body);
+        match request.uri.as_str() {
+            "/v1/traces" => {
+                collector.record_spans(ExportTraceServiceRequest::decode(&body[..]).expect("spans"))
+            }
+            "/v1/metrics" => {
+                ExportMetricsServiceRequest::decode(&body[..]).expect("metrics");
+            }
+            other => panic!("unexpected export to {other}"),
+        }
+    }
+    assert!(collector.span_named("GET api").is_some());
+}
+
+/// A reload that points `[telemetry]` at another collector: new requests' spans go there,
+/// with the new sampling ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_export_to_another_collector() {
+    let (first, first_addr) = start_collector().await;
+    let (second, second_addr) = start_collector().await;
+    let app = Backend::echo().await;
+    let auth = Backend::start(|_| async { text_response(200, "ok") }).await;
+    let table =
+        |collector: SocketAddr| config(&format!("http://{collector}"), "grpc", app.addr, auth.addr);
+    let proxy = Proxy::start_with_env(&table(first_addr), FAST_EXPORT);
+    let client = common::client();
+    let get = |path: &'static str| client.get(proxy.url(path)).send();
+    assert_eq!(get("/api/before").await.expect("before").status(), 200);
+    wait_for_span(&first, "GET api").await;
+
+    std::fs::write(&proxy.config_path, table(second_addr)).expect("rewrite config");
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        proxy.stderr().contains("config reloaded")
+    })
+    .await;
+    assert!(reloaded, "{}", proxy.stderr());
+    assert_eq!(get("/api/after").await.expect("after").status(), 200);
+    let after = wait_for_span(&second, "GET api").await.span;
+    assert!(attributes(&after.attributes)["url.path"].ends_with("/api/after"));
+    assert!(
+        first
+            .spans()
+            .iter()
+            .all(|r| attributes(&r.span.attributes)["url.path"] != "/api/after"),
+        "the old collector got a span after the reload"
     );
 }

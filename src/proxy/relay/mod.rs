@@ -150,6 +150,7 @@ fn relay(
             }
             End::UpstreamFailed(e) => {
                 super::log_failure(&ctx, e);
+                telemetry::upstream_failed(&mut ctx.telemetry);
                 StreamEnd::UpstreamError
             }
         };
