@@ -74,7 +74,7 @@ pub struct Entry<'a> {
     pub trace_id: Option<[u8; 16]>,
     /// `X-Request-ID` (JSON only).
     pub request_id: Option<&'a [u8]>,
-    /// The stream fields of a stream's line (JSON format only).
+    /// The stream fields of a stream's line (JSON only).
     pub stream: Option<super::stream::StreamReport>,
 }
 

@@ -166,8 +166,6 @@ pub struct RequestTelemetry {
     request_id: Option<http::HeaderValue>,
     /// The upstream failed (refused, timed out, broke off): the span is an error's.
     upstream_failed: bool,
-    /// A stream's answer header reached the proxy: its latency for the slow rule.
-    stream_answered: Option<Instant>,
 }
 
 impl RequestTelemetry {
@@ -305,10 +303,6 @@ pub fn upstream_responded(
     tel.upstream_status = Some(response.status.as_u16());
     let event_stream = stream::is_event_stream(&response.headers);
     if event_stream || (response.status.is_success() && view.sse_route) {
-        if tel.span.is_some() {
-            // a stream is slow by its time to first byte, not its length (`keep`)
-            tel.stream_answered = Some(Instant::now());
-        }
         tel.stream = Some(Box::new(Stream::open(view.label, event_stream)));
     }
 }
@@ -505,10 +499,11 @@ pub fn request_finished(
         );
         if let (Some(span), Some(otlp)) = (span, otlp) {
             let keep = || {
-                let latency = match tel.stream_answered {
-                    Some(at) => at.saturating_duration_since(view.started),
-                    None => finished.elapsed,
-                };
+                // A stream's is its time to first byte (SPEC §6), not its length.
+                let latency = finished
+                    .stream
+                    .and_then(|s| s.time_to_first_byte)
+                    .unwrap_or(finished.elapsed);
                 let outcome = keep::Outcome {
                     status,
                     upstream_failed: tel.upstream_failed,

@@ -35,7 +35,7 @@ type Seen = Arc<Mutex<Vec<u8>>>;
 
 /// `/clean`: two events and the terminating chunk. `/dies`: one event, then the upstream
 /// closes. `/reset`: one event, then a TCP reset. `/idle`: one event, then silence.
-/// `/quiet`: one event, 0.7 s of silence (recording anything the proxy sends meanwhile),
+/// `/quiet`: one event, 1.2 s of silence (recording anything the proxy sends meanwhile),
 /// a second event and the end. `/zero`: `Content-Length: 0`, the connection kept.
 async fn stream_upstream(seen: Seen) -> SocketAddr {
     common::raw_upstream(move |mut stream| {
@@ -63,7 +63,7 @@ async fn stream_upstream(seen: Seen) -> SocketAddr {
                         let _ = stream.write_all(EVENT_HEAD.as_bytes()).await;
                         let _ = stream.write_all(event).await;
                         let mut buf = [0u8; 64];
-                        let quiet = Duration::from_millis(700);
+                        let quiet = Duration::from_millis(1200);
                         if let Ok(Ok(n)) = tokio::time::timeout(quiet, stream.read(&mut buf)).await
                         {
                             seen.lock()
@@ -101,8 +101,8 @@ struct Setup {
     seen: Seen,
 }
 
-/// The proxy with the sse route `s` (`timeout = "1s"`, heartbeats every 300 ms) and the
-/// plain route `plain` on the stream upstream, its JSON access log and metrics.
+/// The proxy with the sse route `s` (`timeout = "2s"`, heartbeats every 300 ms) on the
+/// stream upstream, its JSON access log and metrics.
 async fn setup(relay: bool) -> Setup {
     let seen = Seen::default();
     let upstream = stream_upstream(seen.clone()).await;
@@ -125,7 +125,7 @@ name = "s"
 prefix = "/"
 upstream = "up"
 sse = true
-timeout = "1s"
+timeout = "2s"
 sse_heartbeat = "300ms"
 "#,
             log.display()
@@ -328,7 +328,7 @@ async fn heartbeats_fill_a_quiet_stream_and_the_upstream_sees_nothing() {
     assert!(idle.contains("3\r\n:\n\n\r\n"), "{idle:?}");
     assert!(!idle.contains("0\r\n\r\n"), "{idle:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(4),
         "heartbeats kept the idle stream"
     );
 }
