@@ -15,7 +15,6 @@ use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use http::{header, HeaderValue, Method, StatusCode, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::proxy::Session;
 use pingora::ErrorType;
 
@@ -99,10 +98,7 @@ pub fn release_segments(session: &Session) {
 }
 
 fn set_cork(session: &Session, on: bool) {
-    let Some(tcp) = session
-        .stream()
-        .and_then(|s| s.as_any().downcast_ref::<TcpStream>())
-    else {
+    let Some(tcp) = session.stream().and_then(crate::proxy::tcp_of) else {
         return;
     };
     // SAFETY: the descriptor belongs to the session's stream, borrowed for this call: it

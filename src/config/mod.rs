@@ -27,8 +27,14 @@ pub const DEFAULT_CONFIG_PATH: &str = "conf/astron-edge.toml";
 
 /// Reads, expands and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| ConfigError::whole_file(path, format!("cannot read config file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // The position of the first byte that is not UTF-8, counted in the valid text before it.
+        let valid = e.utf8_error().valid_up_to();
+        let before = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+        ConfigError::at(path, &before, valid..valid, "the file is not valid UTF-8")
+    })?;
     parse(path, &text)
 }
 
@@ -65,6 +71,13 @@ pub struct ServerConfig {
     pub client_max_body_size: u64,
     pub keepalive_timeout: Duration,
     pub grace_period: Duration,
+    /// The whole request header must arrive within this, counted from its first byte.
+    pub client_header_timeout: Duration,
+    /// The largest request header accepted, in bytes.
+    pub client_header_max_size: usize,
+    /// Whether header names with `_` reach routing, auth and upstreams (nginx's
+    /// `underscores_in_headers`); off: they are dropped.
+    pub underscores_in_headers: bool,
     pub tls: Option<TlsConfig>,
 }
 
@@ -187,6 +200,9 @@ pub struct ProxyRoute {
     /// Index into `Config::auth`.
     pub auth: Option<usize>,
     pub sse: bool,
+    /// Whether `Upgrade` requests (WebSocket) pass to the upstream; elsewhere the upgrade
+    /// headers are not forwarded.
+    pub websocket: bool,
     pub timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     pub cache: Option<CachePolicy>,

@@ -3,8 +3,10 @@
 
 mod context;
 mod forward;
+mod guard;
 mod relay;
 mod respond;
+mod screen;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use pingora::{ErrorSource, ErrorType};
 pub use context::{RequestCtx, RequestKind};
 pub(crate) use forward::host_without_port;
 pub use forward::ClientIdentity;
+pub(crate) use guard::tcp_of;
 pub(crate) use respond::add_configured_headers;
 
 use crate::auth::{AuthClient, AuthOutcome};
@@ -95,14 +98,14 @@ impl EdgeProxy {
 /// The proxy service's application: Pingora's HTTP proxy running [`EdgeProxy`]'s phases.
 /// A wrapper only so that the phases can reach their own pipeline (a relayed SSE stream
 /// hands its connection back to it; Pingora's `Service` keeps its application to itself).
-pub struct EdgeApp(Arc<HttpProxy<EdgeProxy>>);
+pub struct EdgeApp(Arc<HttpProxy<EdgeProxy>>, SharedState);
 
 impl EdgeApp {
     pub fn new(conf: &Arc<ServerConf>, proxy: EdgeProxy) -> EdgeApp {
         let pipeline = Arc::new(pingora::proxy::http_proxy(conf, proxy.clone()));
         // Weak: the pipeline owns the phases, which must not keep it alive in turn.
         let _ = proxy.shared.pipeline.set(Arc::downgrade(&pipeline));
-        EdgeApp(pipeline)
+        EdgeApp(pipeline, proxy.shared.state.clone())
     }
 }
 
@@ -113,7 +116,7 @@ impl ServerApp for EdgeApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.0.process_new(stream, shutdown).await
+        guard::serve(&self.0, stream, shutdown, &self.1).await
     }
 
     async fn cleanup(&self) {
@@ -165,6 +168,9 @@ impl ProxyHttp for EdgeProxy {
             let keepalive = ctx.snapshot.config.server.keepalive_timeout.as_secs();
             session.set_keepalive(Some(keepalive));
         }
+        guard::request_parsed(session);
+        let underscores = ctx.snapshot.config.server.underscores_in_headers;
+        screen::scrub(session.req_header_mut(), underscores);
         Ok(())
     }
 
@@ -510,6 +516,11 @@ impl EdgeProxy {
         let snapshot = ctx.snapshot.clone();
         let config = &snapshot.config;
         let req = session.req_header();
+        let target = match screen::verdict(req) {
+            Ok(screen::Target::Asterisk) => return reject(StatusCode::OK, "OPTIONS *"),
+            Ok(target) => target,
+            Err((status, why)) => return reject(status, why),
+        };
         let raw_path = req.uri.path();
         if config.health_paths.iter().any(|p| p == raw_path) {
             return Decision::Answer(Answer::Health);
@@ -554,6 +565,9 @@ impl EdgeProxy {
             if ctx.upstream_uri.is_none() {
                 return reject(StatusCode::BAD_REQUEST, "path cannot be rewritten");
             }
+        } else if target == screen::Target::Absolute {
+            // Pingora keeps only the path and query of an absolute target in the URI.
+            ctx.upstream_uri = Some(req.uri.clone());
         }
         match self
             .shared
