@@ -221,7 +221,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let upstream = ctx.upstream.clone().ok_or_else(|| {
@@ -252,6 +252,12 @@ impl ProxyHttp for EdgeProxy {
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        screen::upgrades(
+            session,
+            route.is_some_and(|r| r.websocket),
+            timeout,
+            &mut peer,
+        );
         Ok(Box::new(peer))
     }
 
@@ -331,12 +337,13 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         crate::telemetry::upstream_responded(ctx, upstream_response.status.as_u16());
-        Ok(())
+        let websocket = ctx.proxy_route().is_some_and(|r| r.websocket);
+        screen::unasked_upgrade(session, websocket, upstream_response)
     }
 
     async fn response_filter(
@@ -421,6 +428,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         if status > 0 && !already_answered {
+            session.set_keepalive(None); // the connection closes after it: the answer says so
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             if let Err(write_error) = local_response(session, ctx, code, None).await {
                 tracing::debug!("could not send the error response: {write_error}");
@@ -600,8 +608,10 @@ async fn answer_locally(session: &mut Session, ctx: &mut RequestCtx, answer: Ans
                 status = status.as_u16(),
                 "rejected: {why}"
             );
-            if status == StatusCode::BAD_REQUEST {
-                session.set_keepalive(None); // as nginx: a malformed request ends the connection
+            if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
+                // as nginx: a malformed request, or one whose body is not read, ends the
+                // connection, and the answer says `Connection: close`
+                session.set_keepalive(None);
             }
             local_response(session, ctx, status, None).await?;
             if status == StatusCode::PAYLOAD_TOO_LARGE {

@@ -3,8 +3,14 @@
 //! forwarding. Each check is a scan of bytes already in the header: nothing is allocated
 //! unless a request has something to remove.
 
+use std::time::Duration;
+
 use http::{header, HeaderName, HeaderValue, Method, StatusCode, Version};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::H1UpgradePolicy;
+use pingora::{Error, ErrorSource, ErrorType};
 
 /// What the request target is, once it passed [`verdict`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +129,41 @@ fn keep_unprotected_tokens(req: &mut RequestHeader) {
             let _ = req.insert_header(header::CONNECTION, value);
         }
     }
+}
+
+/// Upgrades (WebSocket) pass only on `websocket` routes (as in the stack's nginx, which has
+/// none): elsewhere Pingora does not forward the upgrade headers. On a `websocket` route
+/// the client side of the tunnel may be idle as long as the route's `timeout`.
+pub fn upgrades(session: &mut Session, websocket: bool, timeout: Duration, peer: &mut HttpPeer) {
+    let policy = &mut peer.options.http_upstream_request_policy;
+    if websocket {
+        policy.h1_upgrade = H1UpgradePolicy::WebSocketOnly;
+        if session.is_upgrade_req() {
+            session.set_read_timeout(Some(timeout));
+        }
+    } else {
+        policy.h1_upgrade = H1UpgradePolicy::Deny;
+    }
+}
+
+/// An upstream `101` to a request that did not ask to upgrade (or was not let) is a broken
+/// upstream: 502, never a tunnel.
+pub fn unasked_upgrade(
+    session: &Session,
+    websocket: bool,
+    response: &ResponseHeader,
+) -> pingora::Result<()> {
+    if response.status == StatusCode::SWITCHING_PROTOCOLS
+        && !(websocket && session.is_upgrade_req())
+    {
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(502),
+            "upstream 101 to a request without upgrade",
+        );
+        e.esource = ErrorSource::Upstream;
+        return Err(e);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

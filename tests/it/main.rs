@@ -8,6 +8,7 @@ mod auth;
 mod config_check;
 mod deploy;
 mod gzip;
+mod hostile;
 mod reload;
 mod routing;
 mod shutdown;
