@@ -391,6 +391,7 @@ mod tests {
             upstream_path: None,
             auth: None,
             sse: false,
+            websocket: false,
             timeout: None,
             connect_timeout: None,
             cache,

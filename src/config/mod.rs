@@ -6,6 +6,8 @@
 
 mod error;
 mod expand;
+#[cfg(test)]
+mod fuzz;
 mod schema;
 mod units;
 mod validate;

@@ -199,6 +199,7 @@ mod tests {
             upstream_path: upstream_path.map(str::to_owned),
             auth: None,
             sse: false,
+            websocket: false,
             timeout: None,
             connect_timeout: None,
             cache: None,

@@ -87,16 +87,16 @@ pub async fn serve_next(
 
 /// Marks the start of a connection's next request: its header is watched again.
 fn next_request(stream: Stream) -> Stream {
+    if !stream.as_any().is::<Guarded>() {
+        return stream; // a relay's closed placeholder: nothing to watch
+    }
     match stream.into_any().downcast::<Guarded>() {
         Ok(mut guarded) => {
             guarded.await_header();
             guarded
         }
-        // Not ours (a placeholder of the relay): nothing to watch.
-        Err(other) => match other.downcast::<Stream>() {
-            Ok(stream) => *stream,
-            Err(_) => Box::new(std::io::Cursor::new(Vec::new())),
-        },
+        // Checked just above: a type that is a `Guarded` downcasts to one.
+        Err(_) => Box::new(std::io::Cursor::new(Vec::new())),
     }
 }
 
@@ -146,8 +146,11 @@ pub struct Guarded {
     line_part: u8,
     line: [u8; LINE_COPY],
     line_len: usize,
-    /// One timer per connection, reset for each request's header.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// When the current header must be complete.
+    deadline: Instant,
+    /// The timer of `deadline`, made once per connection and only armed when a header
+    /// actually has to wait for more bytes (most arrive in one read).
+    timer: Option<Pin<Box<Sleep>>>,
     answer: Vec<u8>,
     answered: usize,
 }
@@ -175,7 +178,8 @@ impl Guarded {
             line_part: 0,
             line: [0; LINE_COPY],
             line_len: 0,
-            deadline: None,
+            deadline: Instant::now(),
+            timer: None,
             answer: Vec::new(),
             answered: 0,
         };
@@ -209,19 +213,29 @@ impl Guarded {
     }
 
     fn start_deadline(&mut self) {
-        let at = Instant::now() + self.timeout;
-        match &mut self.deadline {
-            Some(sleep) => sleep.as_mut().reset(at),
-            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-        }
+        self.deadline = Instant::now() + self.timeout;
     }
 
-    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
-        self.phase == Phase::Header
-            && self
-                .deadline
-                .as_mut()
-                .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+    /// Whether the header's time is up; otherwise, when the header waits for bytes
+    /// (`waiting`), the timer wakes the task at the deadline.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>, waiting: bool) -> bool {
+        if self.phase != Phase::Header {
+            return false;
+        }
+        if Instant::now() >= self.deadline {
+            return true;
+        }
+        if waiting {
+            let deadline = self.deadline;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            return timer.as_mut().poll(cx).is_ready();
+        }
+        false
     }
 
     /// Follows the header through `bytes`, just read: copies the request line's start,
@@ -340,7 +354,7 @@ impl Guarded {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Pending => {
-                if self.deadline_passed(cx) {
+                if self.deadline_passed(cx, true) {
                     self.answer_with(StatusCode::REQUEST_TIMEOUT, "header not complete in time");
                     return self.poll_refused(cx, buf);
                 }
@@ -355,7 +369,7 @@ impl Guarded {
                 if self.phase == Phase::Idle {
                     self.phase = Phase::Header;
                     self.start_deadline();
-                } else if self.deadline_passed(cx) {
+                } else if self.deadline_passed(cx, false) {
                     buf.set_filled(before);
                     self.answer_with(StatusCode::REQUEST_TIMEOUT, "header not complete in time");
                     return self.poll_refused(cx, buf);

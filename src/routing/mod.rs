@@ -11,6 +11,8 @@
 //! When a route rewrites the path for its upstream, [`encode_path`] turns the
 //! canonical path back into something that may be sent on the wire.
 
+#[cfg(test)]
+mod fuzz;
 mod matcher;
 mod normalize;
 
