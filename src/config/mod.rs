@@ -260,6 +260,9 @@ impl Config {
                     if proxy.sse {
                         action.push_str(" sse");
                     }
+                    if proxy.websocket {
+                        action.push_str(" websocket");
+                    }
                     action
                 }
                 RouteAction::Return { status, .. } => format!("return {}", status.as_u16()),

@@ -89,10 +89,8 @@ async fn request_targets_other_than_path_or_url_get_400() {
 #[tokio::test]
 async fn header_names_with_underscores_never_reach_auth_or_upstream() {
     let backend = Backend::echo().await;
-    let auth = format!(
-        "[auth.gate]\nupstream = \"app\"\npath = \"/auth\"\n\
-         copy_headers = [\"X-Consumer-Username\"]\n"
-    );
+    let auth = "[auth.gate]\nupstream = \"app\"\npath = \"/auth\"\n\
+                copy_headers = [\"X-Consumer-Username\"]\n";
     let route = "auth = \"gate\"\n";
     let proxy = Proxy::start(&format!("{}{auth}", config(&backend, "", route)));
     let request = b"GET /chat HTTP/1.1\r\nHost: t\r\nX_Consumer_Username: admin\r\n\
