@@ -374,6 +374,7 @@ impl Guarded {
                     self.answer_with(StatusCode::REQUEST_TIMEOUT, "header not complete in time");
                     return self.poll_refused(cx, buf);
                 }
+                let line_part = self.line_part;
                 let (header, to_escape) = self.scan(&buf.filled()[before..]);
                 self.header_bytes += header;
                 if self.header_bytes > self.max_size {
@@ -385,7 +386,7 @@ impl Guarded {
                     return self.poll_refused(cx, buf);
                 }
                 if to_escape > 0 {
-                    escape_target(buf, before);
+                    escape_target(buf, before, line_part);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -415,16 +416,17 @@ fn needs_escape(b: u8) -> bool {
 }
 
 /// Percent-encodes `"`, `<`, `>` in the request target among the bytes `buf` got from
-/// `from` on. Rare: it may allocate. Left as sent (Pingora then refuses the request) when
-/// the buffer has no room for the longer target.
-fn escape_target(buf: &mut ReadBuf<'_>, from: usize) {
+/// `from` on, the request line being at `part` (as [`Guarded::line_part`]) before them.
+/// Rare: it may allocate. Left as sent (Pingora then refuses the request) when the buffer
+/// has no room for the longer target.
+fn escape_target(buf: &mut ReadBuf<'_>, from: usize, mut part: u8) {
     let read = buf.filled()[from..].to_vec();
     let mut escaped = Vec::with_capacity(read.len() + 16);
-    let mut part = 0u8;
     for &b in &read {
         match b {
             b' ' if part < 2 => part += 1,
-            b'\r' | b'\n' => part = 3,
+            // Before the method, an empty line is allowed: not the request line's end.
+            b'\r' | b'\n' if part > 0 => part = 3,
             _ => {}
         }
         if part == 1 && needs_escape(b) {

@@ -390,6 +390,19 @@ async fn query_strings_nginx_accepts_are_accepted() {
     // `"`, `<`, `>` arrive percent-encoded (the `http` crate under Pingora refuses them
     // raw); the rest as sent.
     assert_eq!(backend.last().uri, "/q?a=%22x%22&b=%3Cy%3E&c=`{}|`");
+
+    // The same with the request line cut inside the target (two writes).
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream.write_all(b"GET /q?a=\"x").await.expect("write");
+    stream.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream
+        .write_all(b"\"<> HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let (answer, _) = read_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(backend.last().uri, "/q?a=%22x%22%3C%3E");
 }
 
 #[tokio::test]
