@@ -302,6 +302,10 @@ impl ProxyHttp for EdgeProxy {
             if client.headers.get(header::HOST).map(|h| h.as_bytes()) != Some(host.as_bytes()) {
                 upstream_request.insert_header(header::HOST, host.into_owned())?;
             }
+        } else if let Some(peer) = ctx.peer {
+            // HTTP/1.0 without Host: the upstream request is HTTP/1.1, which needs one
+            // (nginx sends its `$proxy_host`).
+            upstream_request.insert_header(header::HOST, peer.to_string())?;
         }
         if let Some(uri) = ctx.upstream_uri.take() {
             upstream_request.set_uri(uri);
