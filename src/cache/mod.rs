@@ -405,6 +405,7 @@ mod tests {
             auth: None,
             sse: false,
             sse_heartbeat: None,
+            websocket: false,
             timeout: None,
             connect_timeout: None,
             cache,

@@ -6,6 +6,10 @@
 
 mod error;
 mod expand;
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod path_fuzz;
 mod schema;
 mod units;
 mod validate;
@@ -27,8 +31,14 @@ pub const DEFAULT_CONFIG_PATH: &str = "conf/astron-edge.toml";
 
 /// Reads, expands and validates a TOML config file (`source::load` picks the syntax).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| ConfigError::whole_file(path, format!("cannot read config file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // The position of the first byte that is not UTF-8, counted in the valid text before it.
+        let valid = e.utf8_error().valid_up_to();
+        let before = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+        ConfigError::at(path, &before, valid..valid, "the file is not valid UTF-8")
+    })?;
     parse(path, &text)
 }
 
@@ -69,6 +79,13 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// SSE routes relayed off Pingora's pipeline (`proxy::relay`); `false`: all in it.
     pub sse_relay: bool,
+    /// The whole request header must arrive within this, counted from its first byte.
+    pub client_header_timeout: Duration,
+    /// The largest request header accepted, in bytes.
+    pub client_header_max_size: usize,
+    /// Whether header names with `_` reach routing, auth and upstreams (nginx's
+    /// `underscores_in_headers`); off: they are dropped.
+    pub underscores_in_headers: bool,
     pub tls: Option<TlsConfig>,
 }
 
@@ -230,6 +247,9 @@ pub struct ProxyRoute {
     pub sse: bool,
     /// Idle time after which a `text/event-stream` answer gets a `":\n\n"` comment.
     pub sse_heartbeat: Option<Duration>,
+    /// Whether `Upgrade` requests (WebSocket) pass to the upstream; elsewhere the upgrade
+    /// headers are not forwarded.
+    pub websocket: bool,
     pub timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     pub cache: Option<CachePolicy>,
@@ -284,6 +304,9 @@ impl Config {
                     }
                     if proxy.sse {
                         action.push_str(" sse");
+                    }
+                    if proxy.websocket {
+                        action.push_str(" websocket");
                     }
                     action
                 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::expand::expand_env;
-use super::units::{parse_duration, parse_size};
+use super::units::{bounded_size, parse_duration, parse_size};
 
 /// A config string after `${VAR}` / `${VAR:-default}` expansion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,12 +50,11 @@ impl<'de> Deserialize<'de> for Size {
                 f.write_str("a size such as \"20m\", \"64k\" or a number of bytes")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
-                u64::try_from(v)
-                    .map(Size)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))?;
+                self.visit_u64(v)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
-                Ok(Size(v))
+                bounded_size(v).map(Size).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
                 let expanded = expand_env(v).map_err(E::custom)?;
@@ -93,12 +92,15 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub listen: Option<Vec<Spanned<Str>>>,
-    pub threads: Option<usize>,
+    pub listen: Option<Spanned<Vec<Spanned<Str>>>>,
+    pub threads: Option<Spanned<u64>>,
     pub client_max_body_size: Option<Size>,
     pub keepalive_timeout: Option<Dur>,
     pub grace_period: Option<Dur>,
     pub sse_relay: Option<bool>,
+    pub client_header_timeout: Option<Spanned<Dur>>,
+    pub client_header_max_size: Option<Spanned<Size>>,
+    pub underscores_in_headers: Option<bool>,
     pub tls: Option<Spanned<RawTls>>,
 }
 
@@ -198,6 +200,8 @@ pub struct RawRoute {
     #[serde(default)]
     pub sse: bool,
     pub sse_heartbeat: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub websocket: bool,
     pub timeout: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub cache: Option<Spanned<Str>>,

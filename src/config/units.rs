@@ -28,9 +28,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     millis
+        .filter(|ms| *ms <= MAX_DURATION_MS)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
+        .ok_or_else(|| format!("duration {text:?} is too large (at most 365d)"))
 }
+
+/// The longest duration a config may hold: timers far in the future overflow `Instant`.
+const MAX_DURATION_MS: u64 = 365 * 86_400_000;
 
 /// Parses a size in bytes with an optional nginx unit: `k`, `m`, `g` (binary multiples,
 /// case-insensitive, an optional trailing `b`/`ib` is accepted: `"20m"`, `"20MiB"`, `"64k"`).
@@ -53,8 +57,21 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     value
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+        .ok_or(())
+        .and_then(|size| bounded_size(size).map_err(|_| ()))
+        .map_err(|_| format!("size {text:?} is too large (at most 1024g)"))
 }
+
+/// `size` if a config may hold it: at most 1 TiB, anything above is a typo.
+pub fn bounded_size(size: u64) -> Result<u64, String> {
+    if size <= MAX_SIZE {
+        Ok(size)
+    } else {
+        Err(format!("size {size} is too large (at most 1024g)"))
+    }
+}
+
+const MAX_SIZE: u64 = 1 << 40;
 
 #[cfg(test)]
 mod tests {
@@ -72,6 +89,11 @@ mod tests {
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(
+            parse_duration("365d"),
+            Ok(Duration::from_secs(365 * 86_400))
+        );
+        assert!(parse_duration("366d").is_err());
     }
 
     #[test]
@@ -85,5 +107,6 @@ mod tests {
         assert!(parse_size("m").is_err());
         assert!(parse_size("12q").is_err());
         assert!(parse_size("-1").is_err());
+        assert!(parse_size("1025g").is_err());
     }
 }

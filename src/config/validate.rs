@@ -21,6 +21,12 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60); // nginx's client_header_timeout
+const DEFAULT_HEADER_MAX_SIZE: u64 = 32 << 10; // nginx's large_client_header_buffers: 4 x 8k
+/// Worker threads: more than this is a typo, not a machine (and tokio would fail to spawn them).
+const MAX_THREADS: u64 = 1024;
+/// The request-header limit's range: at least a request line, at most what Pingora's parser takes.
+const HEADER_MAX_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1024..=(1 << 20) - 1;
 const DEFAULT_CACHE_OBJECT_CAP: u64 = 8 << 20;
 /// A span at least this slow is kept whatever the sampler said (SPEC §6).
 const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(2);
@@ -199,6 +205,18 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         routes.push(route);
     }
+    if routes.is_empty() {
+        // An editor may truncate the file before writing it: serving 404 for everything
+        // is worse than keeping the running config.
+        let at = raw
+            .routes
+            .first()
+            .map_or(text.len()..text.len(), |r| r.span());
+        return Err(check.err(
+            at,
+            "the config has no [[routes]]: refusing to serve nothing",
+        ));
+    }
     let matchers: Vec<Matcher> = routes.iter().map(|r| r.matcher.clone()).collect();
     let router = Router::new(&matchers).map_err(|e| match e {
         RouterError::Regex { index, source } => {
@@ -238,8 +256,11 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
 fn server(check: &Checker<'_>, raw: &RawConfig, base: &Path) -> Result<ServerConfig, ConfigError> {
     let s = &raw.server;
     let listen = match &s.listen {
-        Some(list) if list.is_empty() => return Err(check.err(0..0, "server.listen is empty")),
+        Some(list) if list.get_ref().is_empty() => {
+            return Err(check.err(list.span(), "server.listen is empty"))
+        }
         Some(list) => list
+            .get_ref()
             .iter()
             .map(|l| check.socket_addr(l, "server.listen"))
             .collect::<Result<_, _>>()?,
@@ -269,13 +290,41 @@ fn server(check: &Checker<'_>, raw: &RawConfig, base: &Path) -> Result<ServerCon
             Some(config)
         }
     };
+    let threads = match &s.threads {
+        None => 0,
+        Some(t) if *t.get_ref() <= MAX_THREADS => *t.get_ref() as usize,
+        Some(t) => {
+            return Err(check.err(
+                t.span(),
+                format!("server.threads must be between 0 (one per core) and {MAX_THREADS}"),
+            ))
+        }
+    };
+    let client_header_timeout = match &s.client_header_timeout {
+        None => DEFAULT_HEADER_TIMEOUT,
+        Some(t) if !t.get_ref().0.is_zero() => t.get_ref().0,
+        Some(t) => return Err(check.err(t.span(), "server.client_header_timeout must be above 0")),
+    };
+    let client_header_max_size = match &s.client_header_max_size {
+        None => DEFAULT_HEADER_MAX_SIZE,
+        Some(size) if HEADER_MAX_SIZE_RANGE.contains(&size.get_ref().0) => size.get_ref().0,
+        Some(size) => {
+            return Err(check.err(
+                size.span(),
+                "server.client_header_max_size must be between 1k and 1023k",
+            ))
+        }
+    };
     Ok(ServerConfig {
         listen,
-        threads: s.threads.unwrap_or(0),
+        threads,
         client_max_body_size: s.client_max_body_size.map_or(DEFAULT_BODY_LIMIT, |v| v.0),
         keepalive_timeout: s.keepalive_timeout.map_or(DEFAULT_KEEPALIVE, |v| v.0),
         grace_period: s.grace_period.map_or(DEFAULT_GRACE, |v| v.0),
         sse_relay: s.sse_relay.unwrap_or(true),
+        client_header_timeout,
+        client_header_max_size: usize::try_from(client_header_max_size).unwrap_or(usize::MAX),
+        underscores_in_headers: s.underscores_in_headers.unwrap_or(false),
         tls,
     })
 }
@@ -715,6 +764,7 @@ fn proxy_route(
         auth,
         sse: r.sse,
         sse_heartbeat: sse_heartbeat(check, r)?,
+        websocket: r.websocket,
         timeout: r.timeout.map(|d| d.0),
         connect_timeout: r.connect_timeout.map(|d| d.0),
         cache,

@@ -2,10 +2,13 @@
 //! done by the modules they call.
 
 mod context;
+mod cork;
 mod cut;
 mod forward;
+mod guard;
 mod relay;
 mod respond;
+mod screen;
 mod stale;
 
 use std::borrow::Cow;
@@ -26,7 +29,6 @@ use pingora::server::ShutdownWatch;
 use pingora::{ErrorSource, ErrorType};
 
 pub use context::{RequestCtx, RequestKind};
-
 pub(crate) use respond::add_configured_headers;
 
 use crate::auth::{AuthClient, AuthOutcome};
@@ -99,14 +101,14 @@ impl EdgeProxy {
 /// The proxy service's application: Pingora's HTTP proxy running [`EdgeProxy`]'s phases.
 /// A wrapper only so that the phases can reach their own pipeline (a relayed SSE stream
 /// hands its connection back to it; Pingora's `Service` keeps its application to itself).
-pub struct EdgeApp(Arc<HttpProxy<EdgeProxy>>);
+pub struct EdgeApp(Arc<HttpProxy<EdgeProxy>>, SharedState);
 
 impl EdgeApp {
     pub fn new(conf: &Arc<ServerConf>, proxy: EdgeProxy) -> EdgeApp {
         let pipeline = Arc::new(pingora::proxy::http_proxy(conf, proxy.clone()));
         // Weak: the pipeline owns the phases, which must not keep it alive in turn.
         let _ = proxy.shared.pipeline.set(Arc::downgrade(&pipeline));
-        EdgeApp(pipeline)
+        EdgeApp(pipeline, proxy.shared.state.clone())
     }
 }
 
@@ -117,7 +119,7 @@ impl ServerApp for EdgeApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.0.process_new(stream, shutdown).await
+        guard::serve(&self.0, stream, shutdown, &self.1).await
     }
 
     async fn cleanup(&self) {
@@ -171,6 +173,9 @@ impl ProxyHttp for EdgeProxy {
             let keepalive = ctx.snapshot.config.server.keepalive_timeout.as_secs();
             session.set_keepalive(Some(keepalive));
         }
+        guard::request_parsed(session);
+        let underscores = ctx.snapshot.config.server.underscores_in_headers;
+        screen::scrub(session.req_header_mut(), underscores);
         Ok(())
     }
 
@@ -227,7 +232,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let upstream = ctx.upstream.clone().ok_or_else(|| {
@@ -258,6 +263,12 @@ impl ProxyHttp for EdgeProxy {
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        screen::upgrades(
+            session,
+            route.is_some_and(|r| r.websocket),
+            timeout,
+            &mut peer,
+        );
         Ok(Box::new(peer))
     }
 
@@ -313,6 +324,10 @@ impl ProxyHttp for EdgeProxy {
             if client.headers.get(header::HOST).map(|h| h.as_bytes()) != Some(host.as_bytes()) {
                 upstream_request.insert_header(header::HOST, host.into_owned())?;
             }
+        } else if let Some(peer) = ctx.peer {
+            // HTTP/1.0 without Host: the upstream request is HTTP/1.1, which needs one
+            // (nginx sends its `$proxy_host`).
+            upstream_request.insert_header(header::HOST, peer.to_string())?;
         }
         if let Some(uri) = ctx.upstream_uri.take() {
             upstream_request.set_uri(uri);
@@ -352,13 +367,14 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let (view, telemetry) = ctx.telemetry_parts();
         crate::telemetry::upstream_responded(&view, telemetry, upstream_response);
-        Ok(())
+        let websocket = ctx.proxy_route().is_some_and(|r| r.websocket);
+        screen::unasked_upgrade(session, websocket, upstream_response)
     }
 
     async fn response_filter(
@@ -388,7 +404,7 @@ impl ProxyHttp for EdgeProxy {
                 ctx.gzip =
                     crate::compress::response_filter(&ctx.snapshot.config.gzip, req, response)?;
                 if ctx.gzip.is_some() {
-                    crate::compress::hold_segments(session);
+                    cork::hold_segments(session);
                 }
             }
         }
@@ -426,7 +442,7 @@ impl ProxyHttp for EdgeProxy {
             return; // the relay logs the request when its stream ends
         }
         if ctx.gzip.is_some() {
-            crate::compress::release_segments(session);
+            cork::release_segments(session);
         }
         if let Some(stream) = ctx.telemetry.stream() {
             stream.ended(crate::telemetry::StreamEnd::of(e));
@@ -469,6 +485,7 @@ impl ProxyHttp for EdgeProxy {
             cut::cut(session);
         }
         if status > 0 && !already_answered {
+            session.set_keepalive(None); // the connection closes after it: the answer says so
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             if let Err(write_error) = local_response(session, ctx, code, None).await {
                 tracing::debug!("could not send the error response: {write_error}");
@@ -563,6 +580,11 @@ impl EdgeProxy {
         let snapshot = ctx.snapshot.clone();
         let config = &snapshot.config;
         let req = session.req_header();
+        let target = match screen::verdict(req) {
+            Ok(screen::Target::Asterisk) => return reject(StatusCode::OK, "OPTIONS *"),
+            Ok(target) => target,
+            Err((status, why)) => return reject(status, why),
+        };
         let raw_path = req.uri.path();
         if config.health_paths.iter().any(|p| p == raw_path) {
             return Decision::Answer(Answer::Health);
@@ -622,6 +644,9 @@ impl EdgeProxy {
             if ctx.upstream_uri.is_none() {
                 return reject(StatusCode::BAD_REQUEST, "path cannot be rewritten");
             }
+        } else if target == screen::Target::Absolute {
+            // Pingora keeps only the path and query of an absolute target in the URI.
+            ctx.upstream_uri = Some(req.uri.clone());
         }
         match self
             .shared
@@ -654,8 +679,10 @@ async fn answer_locally(session: &mut Session, ctx: &mut RequestCtx, answer: Ans
                 status = status.as_u16(),
                 "rejected: {why}"
             );
-            if status == StatusCode::BAD_REQUEST {
-                session.set_keepalive(None); // as nginx: a malformed request ends the connection
+            if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
+                // as nginx: a malformed request, or one whose body is not read, ends the
+                // connection, and the answer says `Connection: close`
+                session.set_keepalive(None);
             }
             local_response(session, ctx, status, None).await?;
             if status == StatusCode::PAYLOAD_TOO_LARGE {

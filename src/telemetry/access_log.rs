@@ -786,7 +786,9 @@ mod tests {
     }
 
     fn state_logging_to(path: &str) -> SharedState {
-        let text = format!("[access_log]\npath = {path:?}\n");
+        let text = format!(
+            "[access_log]\npath = {path:?}\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nreturn = 404\n"
+        );
         let config = crate::config::parse(Path::new("test.toml"), &text).expect("config");
         crate::state::shared(crate::state::Snapshot::new(config, None))
     }

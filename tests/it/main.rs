@@ -8,6 +8,7 @@ mod auth;
 mod config_check;
 mod deploy;
 mod gzip;
+mod hostile;
 mod layering;
 mod nginx_import;
 mod nginx_parity;

@@ -37,7 +37,7 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use http::{header, HeaderName, Version};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::v1::common::is_expect_continue_req;
@@ -400,12 +400,8 @@ async fn serve_next(proxy: &EdgeProxy, next: ReusedHttpStream) {
         return;
     };
     let mut next = Some(next);
-    while let Some((stream, settings)) = next.map(ReusedHttpStream::consume) {
-        let mut session = ServerSession::new_http1(stream);
-        if let Some(settings) = settings {
-            settings.apply_to_session(&mut session);
-        }
-        next = pipeline.process_new_http(session, shutdown).await;
+    while let Some(reused) = next {
+        next = super::guard::serve_next(&pipeline, reused, shutdown).await;
     }
 }
 
