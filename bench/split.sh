@@ -87,7 +87,6 @@ measure() {  # measure SLOT... — loads the given slots at once for DURATION; p
     wait "${perfs[@]}" || true
     for slot in "$@"; do
         local rate u0 s0 u1 s1
-        [[ -n ${DEBUG:-} ]] && cat "$TMP/perf.$slot" >&2
         rate=$(awk '/^Requests\/sec/ { print $2 }' "$TMP/wrk.$slot")
         read -r u0 s0 <<<"${before[slot]}"
         read -r u1 s1 <<<"$(cpu_ticks "${PIDS_OF[slot]}")"
