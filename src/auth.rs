@@ -28,7 +28,7 @@ static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-metho
 
 /// What the auth service decided.
 #[derive(Debug)]
-pub enum AuthOutcome {
+pub(crate) enum AuthOutcome {
     /// 2xx: the `copy_headers` to set (`Some`) or remove (`None`) upstream.
     Allow(Vec<(HeaderName, Option<HeaderValue>)>),
     /// 401/403: returned to the client as is.
@@ -38,7 +38,7 @@ pub enum AuthOutcome {
 }
 
 #[derive(Debug)]
-pub struct Denial {
+pub(crate) struct Denial {
     pub status: u16,
     /// `WWW-Authenticate` and `Content-Type` of the auth answer.
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -46,7 +46,7 @@ pub struct Denial {
 }
 
 /// The shared forward-auth client (one per process; its pool outlives reloads).
-pub struct AuthClient {
+pub(crate) struct AuthClient {
     connector: Connector,
 }
 
@@ -61,7 +61,7 @@ impl Default for AuthClient {
 impl AuthClient {
     /// Asks the auth service about `client`'s request, within `auth.timeout`.
     /// `extra` headers (e.g. the auth span's `traceparent`) go on the auth request.
-    pub async fn check(
+    pub(crate) async fn check(
         &self,
         auth: &AuthConfig,
         upstream: &Upstream,

@@ -16,11 +16,12 @@ use pingora::proxy::Session;
 
 use crate::text::IpText;
 
-pub static X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
-pub static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
+pub(crate) static X_FORWARDED_FOR: header::HeaderName =
+    header::HeaderName::from_static("x-forwarded-for");
 
 /// The client's IP address, when it came over TCP.
-pub fn client_ip(session: &Session) -> Option<IpAddr> {
+pub(crate) fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -28,20 +29,20 @@ pub fn client_ip(session: &Session) -> Option<IpAddr> {
 }
 
 /// The client as the proxy saw it.
-pub struct ClientIdentity {
+pub(crate) struct ClientIdentity {
     pub ip: Option<IpAddr>,
     pub https: bool,
 }
 
 impl ClientIdentity {
-    pub fn of(session: &Session) -> Self {
+    pub(crate) fn of(session: &Session) -> Self {
         ClientIdentity {
             ip: client_ip(session),
             https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         }
     }
 
-    pub fn proto(&self) -> &'static str {
+    pub(crate) fn proto(&self) -> &'static str {
         if self.https {
             "https"
         } else {
@@ -63,7 +64,7 @@ impl ClientIdentity {
     }
 
     /// Sets the identity headers on a request going to an upstream or to forward auth.
-    pub fn apply(&self, from: &RequestHeader, to: &mut RequestHeader) -> Result<()> {
+    pub(crate) fn apply(&self, from: &RequestHeader, to: &mut RequestHeader) -> Result<()> {
         match self.ip.map(ip_header_value) {
             Some(ip) => {
                 let forwarded_for = Self::forwarded_for(from, &ip).unwrap_or_else(|| ip.clone());
@@ -103,7 +104,7 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
 
 /// nginx `$host`: the host of the request line, else of `Host`, without the port, lower
 /// case. Borrowed when the request already carries it in that form (the common case).
-pub fn host_without_port(req: &RequestHeader) -> Option<Cow<'_, str>> {
+pub(crate) fn host_without_port(req: &RequestHeader) -> Option<Cow<'_, str>> {
     let host = match req.uri.authority() {
         Some(authority) => authority.host(),
         None => {

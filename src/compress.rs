@@ -26,7 +26,7 @@ const OUT_CAPACITY: usize = 16 * 1024;
 
 /// What to do with one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// Not a compressible type (or gzip is off): leave the response alone.
     Untouched,
     /// A compressible type that stays plain (client, size, status...): only `Vary`.
@@ -37,7 +37,7 @@ pub enum Plan {
 
 /// Decides and rewrites the response header of a proxied response; returns the encoder
 /// for its body when it is to be compressed. With gzip off this is one branch.
-pub fn response_filter(
+pub(crate) fn response_filter(
     config: &GzipConfig,
     req: &RequestHeader,
     resp: &mut ResponseHeader,
@@ -58,7 +58,7 @@ pub fn response_filter(
 
 /// nginx's gzip rules. The caller has checked that gzip is on and the route is not `sse`
 /// (whose answers get no body stages at all).
-pub fn plan(config: &GzipConfig, req: &RequestHeader, resp: &ResponseHeader) -> Plan {
+pub(crate) fn plan(config: &GzipConfig, req: &RequestHeader, resp: &ResponseHeader) -> Plan {
     if !is_compressible_type(config, resp.headers.get(header::CONTENT_TYPE)) {
         return Plan::Untouched;
     }
@@ -89,7 +89,10 @@ pub fn plan(config: &GzipConfig, req: &RequestHeader, resp: &ResponseHeader) -> 
 }
 
 /// The media type (no parameters) is in `gzip.types`; `*` in the list takes every type.
-pub fn is_compressible_type(config: &GzipConfig, content_type: Option<&HeaderValue>) -> bool {
+pub(crate) fn is_compressible_type(
+    config: &GzipConfig,
+    content_type: Option<&HeaderValue>,
+) -> bool {
     let Some(media) = content_type.and_then(media_type) else {
         return false;
     };
@@ -100,7 +103,7 @@ pub fn is_compressible_type(config: &GzipConfig, content_type: Option<&HeaderVal
 }
 
 /// `text/html; charset=utf-8` → `text/html`.
-pub fn media_type(content_type: &HeaderValue) -> Option<&str> {
+pub(crate) fn media_type(content_type: &HeaderValue) -> Option<&str> {
     let value = content_type.to_str().ok()?;
     let media = value.split(';').next().unwrap_or(value).trim();
     (!media.is_empty()).then_some(media)
@@ -108,7 +111,7 @@ pub fn media_type(content_type: &HeaderValue) -> Option<&str> {
 
 /// `Accept-Encoding` allows gzip: an explicit `gzip` (or `x-gzip`) with q > 0, or, when gzip
 /// is not named, `*` with q > 0. An unreadable q-value counts as 0, as in nginx.
-pub fn accepts_gzip(req: &RequestHeader) -> bool {
+pub(crate) fn accepts_gzip(req: &RequestHeader) -> bool {
     let mut gzip: Option<bool> = None;
     let mut any: Option<bool> = None;
     for value in req.headers.get_all(header::ACCEPT_ENCODING) {
@@ -156,7 +159,7 @@ fn content_length(resp: &ResponseHeader) -> Option<u64> {
 }
 
 /// Adds `Accept-Encoding` to `Vary` unless it (or `*`) is already there.
-pub fn merge_vary(resp: &mut ResponseHeader) -> Result<()> {
+pub(crate) fn merge_vary(resp: &mut ResponseHeader) -> Result<()> {
     let mut merged: Option<String> = None;
     for value in resp.headers.get_all(header::VARY) {
         let text = value.to_str().unwrap_or("");
@@ -184,7 +187,7 @@ pub fn merge_vary(resp: &mut ResponseHeader) -> Result<()> {
 
 /// Header changes for a body that will be gzipped: chunked instead of a length, no byte
 /// ranges, and a weak `ETag` (the bytes differ from the upstream's), as nginx does.
-pub fn start_compressed(resp: &mut ResponseHeader) -> Result<()> {
+pub(crate) fn start_compressed(resp: &mut ResponseHeader) -> Result<()> {
     resp.remove_header(&header::CONTENT_LENGTH);
     resp.remove_header(&header::ACCEPT_RANGES);
     resp.insert_header(header::CONTENT_ENCODING, GZIP.clone())?;
@@ -199,7 +202,7 @@ pub fn start_compressed(resp: &mut ResponseHeader) -> Result<()> {
 }
 
 /// `"abc"` → `W/"abc"`; `None` when the tag is already weak (or not a tag).
-pub fn weak_etag(etag: &HeaderValue) -> Option<HeaderValue> {
+pub(crate) fn weak_etag(etag: &HeaderValue) -> Option<HeaderValue> {
     let bytes = etag.as_bytes();
     if !bytes.starts_with(b"\"") {
         return None;
@@ -255,7 +258,7 @@ fn give_back(level: u32, mut deflate: Compress) {
 /// rest and the gzip trailer.
 /// Nothing is flushed per chunk, as nginx does not: SSE routes are never compressed.
 /// The deflate stream comes from, and goes back to, a per-thread pool.
-pub struct GzipStream {
+pub(crate) struct GzipStream {
     level: u32,
     /// `None` only while being dropped.
     deflate: Option<Compress>,
@@ -265,7 +268,7 @@ pub struct GzipStream {
 }
 
 impl GzipStream {
-    pub fn new(level: u32) -> Self {
+    pub(crate) fn new(level: u32) -> Self {
         let mut out = Vec::with_capacity(OUT_CAPACITY);
         out.extend_from_slice(&GZIP_HEADER);
         GzipStream {
@@ -277,7 +280,11 @@ impl GzipStream {
     }
 
     /// Replaces `body` with its compressed form (`None` when deflate has nothing to emit yet).
-    pub fn filter(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> std::io::Result<()> {
+    pub(crate) fn filter(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> std::io::Result<()> {
         *body = self.push(body.as_deref().unwrap_or_default(), end_of_stream)?;
         Ok(())
     }
@@ -341,7 +348,7 @@ impl Drop for GzipStream {
 
 /// Compresses a whole body at once (the cached variant); `None` when gzip would not make
 /// it smaller.
-pub fn gzip_all(body: &[u8], level: u32) -> Option<Bytes> {
+pub(crate) fn gzip_all(body: &[u8], level: u32) -> Option<Bytes> {
     let mut stream = GzipStream::new(level);
     stream.out.reserve(body.len() / 3);
     let out = stream.push(body, true).ok()??;

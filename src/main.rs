@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use astron_edge::config::DEFAULT_CONFIG_PATH;
-use astron_edge::{healthcheck, server, source};
+use astron_edge::DEFAULT_CONFIG_PATH;
 
 /// jemalloc instead of glibc malloc: less CPU per request and per idle stream (measured by
 /// the bench script; mimalloc tripled SSE memory per stream, so not that one).
@@ -73,17 +72,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command.unwrap_or(Command::Run { upgrade: false }) {
-        Command::Run { upgrade } => server::run(&cli.config, upgrade),
-        Command::Check => server::check(&cli.config).map(|summary| print!("{summary}")),
+        Command::Run { upgrade } => astron_edge::run(&cli.config, upgrade),
+        Command::Check => astron_edge::check(&cli.config).map(|summary| print!("{summary}")),
         Command::ImportNginx { nginx_conf, output } => import_nginx(&nginx_conf, output.as_deref()),
         Command::Health { url } => {
             let url = match url {
                 Some(url) => Ok(url),
-                None => source::load(&cli.config)
-                    .map(|c| healthcheck::default_url(&c))
+                None => astron_edge::load_config(&cli.config)
+                    .map(|c| astron_edge::health_url(&c))
                     .map_err(Into::into),
             };
-            url.and_then(|url| healthcheck::probe(&url))
+            url.and_then(|url| astron_edge::probe_health(&url))
         }
     };
     match result {
@@ -98,12 +97,12 @@ fn main() -> ExitCode {
 /// `import-nginx`: the TOML on stdout or in `output`, warnings (`FILE:LINE: ...`) on stderr.
 fn import_nginx(conf: &std::path::Path, output: Option<&std::path::Path>) -> anyhow::Result<()> {
     use anyhow::Context;
-    let imported = astron_edge::nginx::import_file(conf)?;
+    let imported = astron_edge::import_nginx_file(conf)?;
     for warning in &imported.warnings {
         eprintln!("{warning}");
     }
     // What the proxy would refuse is refused here too, at its place in the nginx file.
-    astron_edge::config::parse(conf, &imported.toml).map_err(|e| imported.locate(conf, e))?;
+    astron_edge::parse_config(conf, &imported.toml).map_err(|e| imported.locate(conf, e))?;
     match output {
         Some(path) => std::fs::write(path, &imported.toml)
             .with_context(|| format!("cannot write {}", path.display()))?,
@@ -123,7 +122,7 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            !astron_edge::telemetry::log_levels::is_routine(meta)
+            !astron_edge::is_routine_log(meta)
         }));
     tracing_subscriber::registry()
         .with(filter)

@@ -32,7 +32,7 @@ use std::sync::LazyLock;
 use crate::otlp_wire::{encode_naming, SpanKind};
 
 /// Histogram buckets in seconds: from 1 ms API calls to 30 min SSE streams.
-pub const DURATION_BUCKETS: &[f64] = &[
+pub(crate) const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0, 600.0, 1200.0, 1800.0,
 ];
@@ -104,7 +104,7 @@ impl StreamFamilies {
 }
 
 /// The `end` label values of `edge_sse_streams_total` (SPEC §5).
-pub const STREAM_ENDS: [&str; 5] = [
+pub(crate) const STREAM_ENDS: [&str; 5] = [
     "complete",
     "client_closed",
     "upstream_error",
@@ -132,7 +132,7 @@ const STATUS_SLOTS: usize = (STATUS_MAX - STATUS_MIN + 1) as usize;
 /// The `method` label: the methods the stack uses, everything else is `OTHER`, so a client
 /// inventing methods cannot create series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MethodLabel {
+pub(crate) enum MethodLabel {
     Get,
     Head,
     Post,
@@ -146,7 +146,7 @@ pub enum MethodLabel {
 impl MethodLabel {
     const COUNT: usize = 8;
 
-    pub fn of(method: &Method) -> Self {
+    pub(crate) fn of(method: &Method) -> Self {
         match *method {
             Method::GET => MethodLabel::Get,
             Method::HEAD => MethodLabel::Head,
@@ -160,14 +160,14 @@ impl MethodLabel {
     }
 
     /// `http.request.method` as the semantic conventions want it: `_OTHER` for the rest.
-    pub fn semconv(self) -> &'static str {
+    pub(crate) fn semconv(self) -> &'static str {
         match self {
             MethodLabel::Other => "_OTHER",
             known => known.as_str(),
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MethodLabel::Get => "GET",
             MethodLabel::Head => "HEAD",
@@ -187,7 +187,7 @@ impl MethodLabel {
 
 /// The result label of `edge_auth_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthResult {
+pub(crate) enum AuthResult {
     /// 2xx from the auth service.
     Allow,
     /// 401/403 from the auth service.
@@ -197,7 +197,7 @@ pub enum AuthResult {
 }
 
 impl AuthResult {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AuthResult::Allow => "allow",
             AuthResult::Deny => "deny",
@@ -384,7 +384,7 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
 
 /// Creates every family, so a scrape shows them all from the start and the first request
 /// does not pay for the registration.
-pub fn init() {
+pub(crate) fn init() {
     LazyLock::force(&FAMILIES);
 }
 
@@ -394,11 +394,11 @@ pub fn init() {
 static COUNT_REQUESTS: AtomicBool = AtomicBool::new(false);
 
 /// Turns per-request counting on or off (a metrics listener is configured or not).
-pub fn count_requests(on: bool) {
+pub(crate) fn count_requests(on: bool) {
     COUNT_REQUESTS.store(on, Ordering::Relaxed);
 }
 
-pub fn requests_counted() -> bool {
+pub(crate) fn requests_counted() -> bool {
     COUNT_REQUESTS.load(Ordering::Relaxed)
 }
 
@@ -434,7 +434,7 @@ struct RequestSeries {
 
 /// The handles of one route label, resolved once and shared by all its requests:
 /// Prometheus series, OTLP histograms bound to their attributes, span names.
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     name: Arc<str>,
     in_flight: IntGauge,
     body_bytes: IntCounter,
@@ -471,7 +471,7 @@ impl RouteMetrics {
     /// Counts one finished stream of the route (SPEC §5 `edge_sse_*`).
     /// `end` is one of [`STREAM_ENDS`]; `time_to_first_byte` is `None` when no body byte
     /// reached the client.
-    pub fn stream_finished(
+    pub(crate) fn stream_finished(
         &self,
         end: &str,
         time_to_first_byte: Option<f64>,
@@ -500,7 +500,7 @@ impl RouteMetrics {
 
     /// The SERVER span's name (`METHOD route`), kind, `http.request.method` and
     /// `http.route`, encoded (`otlp_wire::Naming::Encoded`).
-    pub fn span_naming(&self, method: MethodLabel) -> &[u8] {
+    pub(crate) fn span_naming(&self, method: MethodLabel) -> &[u8] {
         self.span_namings[method.index()].get_or_init(|| {
             let name = format!("{} {}", method.semconv(), self.name);
             encode_naming(&name, SpanKind::Server, |a| {
@@ -511,13 +511,13 @@ impl RouteMetrics {
     }
 
     /// Counts a request in `edge_http_requests_in_flight` until the guard drops.
-    pub fn enter(self: Arc<Self>) -> InFlight {
+    pub(crate) fn enter(self: Arc<Self>) -> InFlight {
         self.in_flight.inc();
         InFlight(self)
     }
 
     /// Counts one answered request.
-    pub fn request_finished(
+    pub(crate) fn request_finished(
         &self,
         method: MethodLabel,
         status: u16,
@@ -548,7 +548,7 @@ impl RouteMetrics {
 
     /// Records `http.server.request.duration` through a histogram bound to the route's
     /// attributes (resolving attributes per call was the costliest part of OTLP metrics).
-    pub fn record_otlp(
+    pub(crate) fn record_otlp(
         &self,
         histogram: &OtelHistogram<f64>,
         method: MethodLabel,
@@ -595,10 +595,11 @@ fn duration_attributes(
 
 /// A request in flight on a route; a guard, so that a request that ends in an unusual
 /// way (its context dropped without the logging phase) still leaves the gauge.
-pub struct InFlight(Arc<RouteMetrics>);
+pub(crate) struct InFlight(Arc<RouteMetrics>);
 
 impl InFlight {
-    pub fn route(&self) -> &Arc<RouteMetrics> {
+    #[cfg(test)]
+    pub(crate) fn route(&self) -> &Arc<RouteMetrics> {
         &self.0
     }
 }
@@ -610,7 +611,7 @@ impl Drop for InFlight {
 }
 
 /// The handles of one upstream, resolved once.
-pub struct UpstreamMetrics {
+pub(crate) struct UpstreamMetrics {
     name: Arc<str>,
     duration: Histogram,
     requests: StatusSlots<IntCounter>,
@@ -641,7 +642,7 @@ impl UpstreamMetrics {
     /// `address:port` of one of this upstream's servers, formatted once per server (up to
     /// [`MAX_PEER_NAMES`]; an upstream whose name resolves to ever new addresses formats
     /// the rest each time).
-    pub fn peer_name(&self, peer: SocketAddr) -> Arc<str> {
+    pub(crate) fn peer_name(&self, peer: SocketAddr) -> Arc<str> {
         if let Some((_, name)) = self.peers.load().iter().find(|(p, _)| *p == peer) {
             return name.clone();
         }
@@ -659,7 +660,7 @@ impl UpstreamMetrics {
     }
 
     /// Counts one upstream exchange: its status (502/504 when it failed) and its duration.
-    pub fn record(&self, status: u16, seconds: f64) {
+    pub(crate) fn record(&self, status: u16, seconds: f64) {
         self.duration.observe(seconds);
         let counter = || {
             FAMILIES
@@ -673,7 +674,7 @@ impl UpstreamMetrics {
     }
 
     /// Records `http.client.request.duration` (bound, as for routes).
-    pub fn record_otlp(
+    pub(crate) fn record_otlp(
         &self,
         histogram: &OtelHistogram<f64>,
         method: MethodLabel,
@@ -693,9 +694,9 @@ impl UpstreamMetrics {
 /// FNV-1a for the name caches: their keys are route and upstream names from the config,
 /// never from clients, so a fast hash without flooding protection is the right trade.
 #[derive(Clone, Copy, Default)]
-pub struct Fnv;
+pub(crate) struct Fnv;
 
-pub struct FnvHasher(u64);
+pub(crate) struct FnvHasher(u64);
 
 impl BuildHasher for Fnv {
     type Hasher = FnvHasher;
@@ -738,17 +739,17 @@ fn cached<T>(cache: &NameCache<T>, name: &str, make: impl Fn(&str) -> T) -> Arc<
 }
 
 /// The handles of a route label (`health`, `unmatched` or a route name).
-pub fn route(name: &str) -> Arc<RouteMetrics> {
+pub(crate) fn route(name: &str) -> Arc<RouteMetrics> {
     cached(&FAMILIES.routes, name, RouteMetrics::new)
 }
 
 /// The handles of an upstream.
-pub fn upstream(name: &str) -> Arc<UpstreamMetrics> {
+pub(crate) fn upstream(name: &str) -> Arc<UpstreamMetrics> {
     cached(&FAMILIES.upstreams, name, UpstreamMetrics::new)
 }
 
 /// Counts one forward-auth check of the `[auth.NAME]` table `auth`.
-pub fn record_auth(auth: &str, result: AuthResult) {
+pub(crate) fn record_auth(auth: &str, result: AuthResult) {
     FAMILIES
         .auth_requests
         .with_label_values(&[auth, result.as_str()])
@@ -757,7 +758,7 @@ pub fn record_auth(auth: &str, result: AuthResult) {
 
 /// Counts a config reload (not the first load); a success also moves the
 /// last-success timestamp.
-pub fn record_reload(success: bool) {
+pub(crate) fn record_reload(success: bool) {
     let result = if success { "success" } else { "error" };
     FAMILIES.reloads.with_label_values(&[result]).inc();
     if success {
@@ -766,7 +767,7 @@ pub fn record_reload(success: bool) {
 }
 
 /// Sets the last-success timestamp; called for the first load, which is not a reload.
-pub fn record_config_loaded() {
+pub(crate) fn record_config_loaded() {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -775,7 +776,7 @@ pub fn record_config_loaded() {
 
 /// An open SSE stream: `edge_sse_streams_active{route}` is one higher while it lives.
 #[must_use = "the stream counts as active only while the guard lives"]
-pub struct SseStreamGuard {
+pub(crate) struct SseStreamGuard {
     gauge: IntGauge,
 }
 
@@ -787,7 +788,7 @@ impl Drop for SseStreamGuard {
 
 /// Marks an SSE stream of `route` as open until the returned guard is dropped (keep it in
 /// the request context, which lives until the stream ends).
-pub fn sse_stream_opened(route: &str) -> SseStreamGuard {
+pub(crate) fn sse_stream_opened(route: &str) -> SseStreamGuard {
     let gauge = FAMILIES.sse_active.with_label_values(&[route]);
     gauge.inc();
     SseStreamGuard { gauge }
@@ -812,7 +813,7 @@ pub(crate) fn span_kept(reason: Kept) {
 /// Why a span the head sampler left out is exported: the `reason` label of
 /// `edge_trace_spans_kept_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kept {
+pub(crate) enum Kept {
     /// Status ≥ 500, or the upstream failed.
     Error,
     /// Slower than `slow_threshold` (a stream: its time to first byte).
@@ -820,7 +821,7 @@ pub enum Kept {
 }
 
 impl Kept {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kept::Error => "error",
             Kept::Slow => "slow",
@@ -829,7 +830,7 @@ impl Kept {
 }
 
 /// The registry in Prometheus text format.
-pub fn render() -> Vec<u8> {
+pub(crate) fn render() -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * 1024);
     let encoder = TextEncoder::new();
     if let Err(e) = encoder.encode(&FAMILIES.registry.gather(), &mut out) {

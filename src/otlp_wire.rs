@@ -25,13 +25,13 @@ use crate::text::IpText;
 
 /// `Span.SpanKind` values used by the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanKind {
+pub(crate) enum SpanKind {
     Server = 2,
     Client = 3,
 }
 
 /// A span's name and kind, with the attributes that every span of its kind repeats.
-pub enum Naming<'a> {
+pub(crate) enum Naming<'a> {
     Plain {
         name: &'a str,
         kind: SpanKind,
@@ -42,7 +42,7 @@ pub enum Naming<'a> {
 }
 
 /// Everything of a span but its attributes, which [`encode_span`] takes as a closure.
-pub struct SpanHead<'a> {
+pub(crate) struct SpanHead<'a> {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
@@ -59,15 +59,15 @@ pub struct SpanHead<'a> {
 }
 
 /// The attributes of a span being encoded (`Span.attributes = 9`).
-pub struct Attributes<'a>(&'a mut Vec<u8>);
+pub(crate) struct Attributes<'a>(&'a mut Vec<u8>);
 
 impl Attributes<'_> {
-    pub fn str(&mut self, key: &str, value: &str) {
+    pub(crate) fn str(&mut self, key: &str, value: &str) {
         self.utf8(key, value.as_bytes());
     }
 
     /// An address as a string value, without checking its ASCII again.
-    pub fn ip(&mut self, key: &str, ip: &IpText) {
+    pub(crate) fn ip(&mut self, key: &str, ip: &IpText) {
         self.utf8(key, ip.as_bytes());
     }
 
@@ -81,7 +81,7 @@ impl Attributes<'_> {
 
     /// A one-element string array, as the semantic conventions type the
     /// `http.request.header.<key>` attributes.
-    pub fn str_array(&mut self, key: &str, value: &str) {
+    pub(crate) fn str_array(&mut self, key: &str, value: &str) {
         // AnyValue { array_value = 5: ArrayValue { values = 1: AnyValue { string_value = 1 } } }
         let element = field_len(value.len());
         let array = field_len(element);
@@ -94,7 +94,7 @@ impl Attributes<'_> {
         });
     }
 
-    pub fn int(&mut self, key: &str, value: i64) {
+    pub(crate) fn int(&mut self, key: &str, value: i64) {
         // AnyValue { int_value = 3 }, int64: two's complement
         let value = value as u64;
         self.attribute(key, 1 + encoded_len_varint(value), |out| {
@@ -102,7 +102,7 @@ impl Attributes<'_> {
         });
     }
 
-    pub fn f64(&mut self, key: &str, value: f64) {
+    pub(crate) fn f64(&mut self, key: &str, value: f64) {
         // AnyValue { double_value = 4 }, fixed64
         self.attribute(key, 1 + 8, |out| {
             fixed64_always(out, 4, value.to_bits());
@@ -131,7 +131,7 @@ fn field_len(len: usize) -> usize {
 }
 
 /// Encodes one `Span` message (its fields, without tag and length) at the end of `out`.
-pub fn encode_span(
+pub(crate) fn encode_span(
     out: &mut Vec<u8>,
     head: &SpanHead<'_>,
     attributes: impl FnOnce(&mut Attributes<'_>),
@@ -161,7 +161,7 @@ pub fn encode_span(
 }
 
 /// `Span.name`, `Span.kind` and the `attributes` for [`Naming::Encoded`].
-pub fn encode_naming(
+pub(crate) fn encode_naming(
     name: &str,
     kind: SpanKind,
     attributes: impl FnOnce(&mut Attributes<'_>),
@@ -196,14 +196,14 @@ fn flags(head: &SpanHead<'_>) -> u32 {
 /// The parts of every export request that never change: `Resource` and
 /// `InstrumentationScope`, encoded once.
 #[derive(Debug, Clone)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     resource: Vec<u8>,
     scope: Vec<u8>,
     resource_schema_url: String,
 }
 
 impl Envelope {
-    pub fn new(resource: &Resource, scope_name: &str, scope_version: &str) -> Envelope {
+    pub(crate) fn new(resource: &Resource, scope_name: &str, scope_version: &str) -> Envelope {
         let mut encoded = Vec::new();
         for (key, value) in resource.iter() {
             // Resource.attributes = 1
@@ -223,7 +223,7 @@ impl Envelope {
     }
 
     /// One `ExportTraceServiceRequest` of `framed` spans (written by [`frame_span`]).
-    pub fn encode_request(&self, framed: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn encode_request(&self, framed: &[u8], out: &mut Vec<u8>) {
         if framed.is_empty() {
             return;
         }
@@ -245,7 +245,7 @@ impl Envelope {
 
 /// Appends one span to a batch, as a `ScopeSpans.spans` field whose content `encode`
 /// writes (with [`encode_span`]).
-pub fn frame_span(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn frame_span(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
     nested(out, 2, encode);
 }
 

@@ -83,11 +83,11 @@ impl StartupSettings {
 /// starts later (after an upgrade hand-over, seconds later): a change in between is
 /// reloaded when it starts instead of being missed.
 #[derive(Debug, Clone, Copy)]
-pub struct Baseline(u64);
+pub(crate) struct Baseline(u64);
 
 impl Baseline {
     /// Takes the fingerprint of `path` and of the TLS files `config` (loaded from it) names.
-    pub fn of(path: &Path, config: &Config) -> Baseline {
+    pub(crate) fn of(path: &Path, config: &Config) -> Baseline {
         Baseline(fingerprint(&watched_files(path, config)))
     }
 }
@@ -96,7 +96,7 @@ impl Baseline {
 /// (its default action) while the server is still starting; the reloader's own
 /// registration later receives the signals. A SIGHUP before that is dropped, which is
 /// harmless: the reloader compares the files with the [`Baseline`] when it starts.
-pub fn catch_sighup_early() -> std::io::Result<()> {
+pub(crate) fn catch_sighup_early() -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
@@ -116,7 +116,7 @@ fn watched_files(path: &Path, config: &Config) -> Vec<PathBuf> {
 }
 
 /// The background service that watches the config and reloads it.
-pub struct ConfigReloader {
+pub(crate) struct ConfigReloader {
     path: PathBuf,
     state: SharedState,
     /// The TLS listeners' certificate, when the proxy started with `[server.tls]`.
@@ -126,7 +126,7 @@ pub struct ConfigReloader {
 }
 
 impl ConfigReloader {
-    pub fn new(
+    pub(crate) fn new(
         path: &Path,
         state: SharedState,
         certs: Option<Arc<CertStore>>,

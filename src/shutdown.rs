@@ -51,23 +51,23 @@ static GRACE_OVER: std::sync::LazyLock<watch::Sender<bool>> =
 const CUT_REPORT_WAIT: Duration = Duration::from_millis(500);
 
 /// Watches for the end of the grace period.
-pub fn grace_over() -> watch::Receiver<bool> {
+pub(crate) fn grace_over() -> watch::Receiver<bool> {
     GRACE_OVER.subscribe()
 }
 
 /// Counts one request from its context's creation to its drop. A process-wide counter:
 /// a process runs one server, and a static keeps the request path free of any lookup.
 #[derive(Debug)]
-pub struct InFlight(());
+pub(crate) struct InFlight(());
 
 impl InFlight {
-    pub fn enter() -> InFlight {
+    pub(crate) fn enter() -> InFlight {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         InFlight(())
     }
 
     /// Requests currently in flight.
-    pub fn count() -> usize {
+    pub(crate) fn count() -> usize {
         IN_FLIGHT.load(Ordering::Relaxed)
     }
 }
@@ -79,13 +79,13 @@ impl Drop for InFlight {
 }
 
 /// The stop sequence shared by the signal watch and the wrapped proxy service.
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     state: SharedState,
     stop_accepting: watch::Sender<bool>,
 }
 
 impl Lifecycle {
-    pub fn new(state: SharedState) -> Arc<Lifecycle> {
+    pub(crate) fn new(state: SharedState) -> Arc<Lifecycle> {
         Arc::new(Lifecycle {
             state,
             stop_accepting: watch::Sender::new(false),
@@ -93,14 +93,14 @@ impl Lifecycle {
     }
 
     /// The watch the proxy service runs with: `true` once it stops accepting.
-    pub fn shutdown_watch(&self) -> ShutdownWatch {
+    pub(crate) fn shutdown_watch(&self) -> ShutdownWatch {
         self.stop_accepting.subscribe()
     }
 
     /// Runs `service` with this lifecycle's shutdown watch instead of pingora's, so that
     /// SIGTERM can stop its listeners before pingora's own shutdown; pingora's shutdown
     /// (after an upgrade hand-over) is passed on to it.
-    pub fn wrap<S: ServiceWithDependents>(self: &Arc<Self>, service: S) -> Draining<S> {
+    pub(crate) fn wrap<S: ServiceWithDependents>(self: &Arc<Self>, service: S) -> Draining<S> {
         Draining {
             inner: service,
             lifecycle: self.clone(),
@@ -108,7 +108,7 @@ impl Lifecycle {
     }
 
     /// Pingora's run arguments with this lifecycle's signal handling.
-    pub fn run_args(self: &Arc<Self>) -> RunArgs {
+    pub(crate) fn run_args(self: &Arc<Self>) -> RunArgs {
         RunArgs {
             shutdown_signal: Box::new(Signals {
                 lifecycle: self.clone(),
@@ -201,7 +201,7 @@ async fn next(signal: &mut Option<Signal>) {
 }
 
 /// A pingora service run under the [`Lifecycle`]'s shutdown watch.
-pub struct Draining<S> {
+pub(crate) struct Draining<S> {
     inner: S,
     lifecycle: Arc<Lifecycle>,
 }

@@ -14,7 +14,7 @@ use crate::upstream::Upstream;
 
 /// A validated config together with the runtime objects built from it.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub config: Config,
     /// Same order as `config.upstreams`.
     pub upstreams: Vec<Arc<Upstream>>,
@@ -25,7 +25,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds the runtime objects; upstreams that survive a reload keep their resolved addresses.
-    pub fn new(config: Config, previous: Option<&Snapshot>) -> Self {
+    pub(crate) fn new(config: Config, previous: Option<&Snapshot>) -> Self {
         let upstreams = config
             .upstreams
             .iter()
@@ -45,14 +45,14 @@ impl Snapshot {
         }
     }
 
-    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+    pub(crate) fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.name == name)
     }
 }
 
 /// The handle every part of the proxy shares.
-pub type SharedState = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SharedState = Arc<ArcSwap<Snapshot>>;
 
-pub fn shared(snapshot: Snapshot) -> SharedState {
+pub(crate) fn shared(snapshot: Snapshot) -> SharedState {
     Arc::new(ArcSwap::from_pointee(snapshot))
 }

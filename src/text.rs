@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// An IP address as `Display` writes it, in a stack buffer: a request's client address
 /// is formatted once and read by the access log and the span.
 #[derive(Clone, Copy)]
-pub struct IpText {
+pub(crate) struct IpText {
     buf: [u8; 46],
     len: usize,
 }
@@ -18,7 +18,7 @@ impl IpText {
     /// `ip` as text. The last address formatted on the thread is kept: the requests of a
     /// keep-alive connection, and all those that come through one load balancer, have the
     /// same client address, and comparing it costs a tenth of formatting it.
-    pub fn new(ip: IpAddr) -> IpText {
+    pub(crate) fn new(ip: IpAddr) -> IpText {
         thread_local! {
             static LAST: Cell<Option<(IpAddr, IpText)>> = const { Cell::new(None) };
         }
@@ -53,18 +53,18 @@ impl IpText {
     }
 
     /// ASCII, so also valid UTF-8 as it is.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // ASCII digits, dots, colons and hex: always UTF-8
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
 /// A socket address as `Display` writes it.
-pub fn push_socket_addr(out: &mut String, addr: SocketAddr) {
+pub(crate) fn push_socket_addr(out: &mut String, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(v4) => {
             out.push_str(IpText::new(IpAddr::V4(*v4.ip())).as_str());
@@ -77,7 +77,7 @@ pub fn push_socket_addr(out: &mut String, addr: SocketAddr) {
     }
 }
 
-pub fn socket_addr_string(addr: SocketAddr) -> String {
+pub(crate) fn socket_addr_string(addr: SocketAddr) -> String {
     let mut out = String::with_capacity(21);
     push_socket_addr(&mut out, addr);
     out
@@ -112,7 +112,7 @@ fn push_u64(out: &mut String, n: u64) {
 }
 
 /// Lowercase hex of `bytes` into `out`, which is twice as long.
-pub fn put_hex(out: &mut [u8], bytes: &[u8]) {
+pub(crate) fn put_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = DIGITS[usize::from(b >> 4)];

@@ -19,26 +19,26 @@ use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{load_certs_and_key_files, ClientHello, CryptoProvider, ResolvesServerCert};
 
 /// The certificate chain and key every TLS listener presents.
-pub struct CertStore {
+pub(crate) struct CertStore {
     current: ArcSwap<CertifiedKey>,
 }
 
 impl CertStore {
     /// Serves `key` (from [`load_certified_key`]) until it is replaced.
-    pub fn new(key: CertifiedKey) -> Arc<CertStore> {
+    pub(crate) fn new(key: CertifiedKey) -> Arc<CertStore> {
         Arc::new(CertStore {
             current: ArcSwap::from_pointee(key),
         })
     }
 
     /// Serves `key` on every handshake from now on.
-    pub fn replace(&self, key: CertifiedKey) {
+    pub(crate) fn replace(&self, key: CertifiedKey) {
         self.current.store(Arc::new(key));
     }
 
     /// Settings for one TLS listener: this store as the certificate source, and HTTP/2
     /// preferred over HTTP/1.1 by ALPN.
-    pub fn listener_settings(self: &Arc<Self>) -> pingora::Result<TlsSettings> {
+    pub(crate) fn listener_settings(self: &Arc<Self>) -> pingora::Result<TlsSettings> {
         // The paths are never read: with a resolver set, `build()` ignores them.
         let mut settings = TlsSettings::intermediate("", "")?;
         settings.set_cert_resolver(self.clone());
@@ -62,7 +62,7 @@ impl fmt::Debug for CertStore {
 /// Reads the PEM chain and key and checks that the key belongs to the first certificate,
 /// so that a wrong pair is refused by `check` and by a reload instead of failing every
 /// handshake later.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+pub(crate) fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     let cert = utf8_path(cert)?;
     let key = utf8_path(key)?;
     let (chain, private_key) = load_certs_and_key_files(cert, key)

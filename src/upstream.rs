@@ -19,21 +19,21 @@ use crate::config::{ServerAddr, UpstreamConfig};
 use crate::metrics::UpstreamMetrics;
 
 /// How often host names are refreshed in the background.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Bound on one resolution attempt made while a request waits.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 #[error("upstream {upstream}: no address for {servers}")]
-pub struct ResolveError {
+pub(crate) struct ResolveError {
     upstream: String,
     servers: String,
 }
 
 /// One `[upstreams.NAME]` table, with its current addresses.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub name: String,
     pub servers: Vec<ServerAddr>,
     pub connect_timeout: Duration,
@@ -49,7 +49,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    pub(crate) fn new(config: &UpstreamConfig) -> Self {
         let literal: Vec<SocketAddr> = config
             .servers
             .iter()
@@ -76,21 +76,21 @@ impl Upstream {
 
     /// Keeps the addresses already resolved by the previous config's upstream of the same
     /// servers, so a reload does not make the next request wait for DNS.
-    pub fn inherit_addresses(&self, previous: &Upstream) {
+    pub(crate) fn inherit_addresses(&self, previous: &Upstream) {
         if previous.servers == self.servers {
             self.addrs.store(previous.addrs.load_full());
         }
     }
 
     /// Whether any server is a host name (IP literals never need re-resolution).
-    pub fn has_host_names(&self) -> bool {
+    pub(crate) fn has_host_names(&self) -> bool {
         self.servers
             .iter()
             .any(|s| s.host.parse::<IpAddr>().is_err())
     }
 
     /// The current addresses; resolves first when there are none yet or they went stale.
-    pub async fn addresses(&self) -> Result<Arc<Vec<SocketAddr>>, ResolveError> {
+    pub(crate) async fn addresses(&self) -> Result<Arc<Vec<SocketAddr>>, ResolveError> {
         let current = self.addrs.load_full();
         if !current.is_empty() && !self.stale.load(Ordering::Relaxed) {
             return Ok(current);
@@ -127,7 +127,7 @@ impl Upstream {
     }
 
     /// Resolves every server; stores the result when at least one address was found.
-    pub async fn refresh(&self) -> bool {
+    pub(crate) async fn refresh(&self) -> bool {
         let mut found = Vec::new();
         for server in &self.servers {
             match server.host.parse::<IpAddr>() {
@@ -155,18 +155,18 @@ impl Upstream {
     }
 
     /// Marks the addresses as suspect after a failed connect.
-    pub fn mark_stale(&self) {
+    pub(crate) fn mark_stale(&self) {
         if self.has_host_names() {
             self.stale.store(true, Ordering::Relaxed);
         }
     }
 
     /// Round robin: a request takes a starting slot once, and each retry moves one further.
-    pub fn start_slot(&self) -> usize {
+    pub(crate) fn start_slot(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn pick(addrs: &[SocketAddr], start: usize, attempt: usize) -> Option<SocketAddr> {
+    pub(crate) fn pick(addrs: &[SocketAddr], start: usize, attempt: usize) -> Option<SocketAddr> {
         if addrs.is_empty() {
             return None;
         }

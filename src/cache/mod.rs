@@ -18,7 +18,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
-pub use store::{Entry, Store};
+pub(crate) use store::{Entry, Store};
 
 use crate::client::host_without_port;
 use crate::compress;
@@ -53,7 +53,7 @@ const NOT_STORED: [header::HeaderName; 8] = [
 
 /// Sets the route's cache headers, replacing the upstream's, on the statuses nginx's
 /// `expires` applies to; error answers keep what they have.
-pub fn apply_policy(resp: &mut ResponseHeader, policy: CachePolicy) -> Result<()> {
+pub(crate) fn apply_policy(resp: &mut ResponseHeader, policy: CachePolicy) -> Result<()> {
     if !matches!(
         resp.status.as_u16(),
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
@@ -99,12 +99,12 @@ fn expires_in_a_year() -> HeaderValue {
 /// shrinks it, the first request evicts down to the new size; one that removes `[cache]`
 /// empties it.
 #[derive(Default)]
-pub struct AssetCache {
+pub(crate) struct AssetCache {
     store: OnceLock<Arc<Store>>,
 }
 
 /// What the asset cache says about a request.
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// The cache does not apply (off, not an `immutable` route, not GET/HEAD, ...).
     Bypass,
     Hit(Arc<Entry>),
@@ -116,7 +116,7 @@ impl AssetCache {
     /// Looks the request up if its route, by the request's own config snapshot, is
     /// cacheable: `immutable`, not `sse`, no forward auth (a hit must never skip an auth
     /// check), and the method is GET or HEAD.
-    pub fn lookup(
+    pub(crate) fn lookup(
         &self,
         settings: Option<CacheConfig>,
         route: &ProxyRoute,
@@ -168,7 +168,7 @@ fn cache_key(req: &RequestHeader, normalized_path: &str) -> String {
 
 /// A missed request on its way through the proxy: the body is collected here, up to the
 /// object cap, and stored when the response ends complete.
-pub struct Capture {
+pub(crate) struct Capture {
     key: String,
     store: Arc<Store>,
     pending: Option<Pending>,
@@ -265,14 +265,14 @@ fn list_has(value: &HeaderValue, f: impl Fn(&str) -> bool) -> bool {
 /// gzips whenever the client accepts it (the stack's console-frontend) would otherwise
 /// answer with a `Content-Encoding` the cache refuses; the proxy compresses what it serves
 /// from the cache itself.
-pub fn ask_for_identity(upstream_request: &mut RequestHeader) {
+pub(crate) fn ask_for_identity(upstream_request: &mut RequestHeader) {
     upstream_request.remove_header(&header::ACCEPT_ENCODING);
 }
 
 /// In `response_filter`: starts capturing a missed response (`asset`, dropped when the
 /// answer cannot be stored), marks it `X-Cache: MISS`, and sets the route's cache headers.
 /// One branch each when neither applies.
-pub fn response_filter(
+pub(crate) fn response_filter(
     req: &RequestHeader,
     resp: &mut ResponseHeader,
     asset: &mut Option<Box<Capture>>,
@@ -294,7 +294,7 @@ pub fn response_filter(
 /// In `response_body_filter`, before compression: collects the identity body of a missed
 /// response; gives up as soon as it grows past the object cap; stores it at the end (with
 /// its gzip variant, made by `gzip`'s rules).
-pub fn body_filter(
+pub(crate) fn body_filter(
     body: &Option<Bytes>,
     end_of_stream: bool,
     asset: &mut Option<Box<Capture>>,
@@ -324,7 +324,7 @@ pub fn body_filter(
 /// takes it and `gzip`, the current config, still compresses the type), or `304` to a
 /// matching conditional request; with `Expires`, and without the headers the route hides
 /// now (a reload may have changed the list). `None` for the body of a `HEAD` or a `304`.
-pub fn hit_answer(
+pub(crate) fn hit_answer(
     req: &RequestHeader,
     entry: &Entry,
     gzip: &GzipConfig,

@@ -35,7 +35,7 @@ const MAX_SHARDS: u64 = 16;
 
 /// One cached response (always a `200` to a `GET`).
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub identity: Variant,
     /// `Some` for compressible types that gzip made smaller.
     pub gzip: Option<Variant>,
@@ -50,7 +50,7 @@ pub struct Entry {
 
 /// A body and the header that goes with it.
 #[derive(Debug)]
-pub struct Variant {
+pub(crate) struct Variant {
     pub head: ResponseHeader,
     pub body: Bytes,
 }
@@ -59,7 +59,7 @@ impl Entry {
     /// Builds the entry from the upstream's header (hop-by-hop and cache headers already
     /// removed) and its complete body. `gzip_level` asks for the gzip variant; `vary` adds
     /// `Accept-Encoding` to `Vary` (a compressible type).
-    pub fn build(
+    pub(crate) fn build(
         mut head: ResponseHeader,
         body: Bytes,
         gzip_level: Option<u32>,
@@ -138,7 +138,8 @@ impl Entry {
     }
 
     /// What the entry counts against `max_size`.
-    pub fn weight(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn weight(&self) -> u64 {
         self.weight
     }
 }
@@ -160,7 +161,7 @@ fn object_cap(max_object_size: u64, shard_cap: u64) -> u64 {
 
 /// The size-bounded store. quick_cache evicts with a CLOCK-Pro variant: entries that were
 /// never hit again go first, in insertion order; an entry that was hit gets a second chance.
-pub struct Store {
+pub(crate) struct Store {
     cache: Cache<String, Arc<Entry>, BySize>,
     /// Largest body that may be stored: the configured `max_object_size`, and never more
     /// than a shard can hold (a larger one would be refused by the cache anyway).
@@ -174,7 +175,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(config: CacheConfig) -> Store {
+    pub(crate) fn new(config: CacheConfig) -> Store {
         let max_size = config.max_size.max(1);
         // quick_cache splits the capacity between shards and refuses an entry heavier than
         // its shard: keep every shard able to hold two of the largest objects.
@@ -207,7 +208,7 @@ impl Store {
 
     /// Follows the request's `[cache]` settings (`None`: off): a smaller `max_size` evicts
     /// down to it at once, a larger one makes room. Two atomic loads when nothing changed.
-    pub fn follow(&self, config: Option<CacheConfig>) {
+    pub(crate) fn follow(&self, config: Option<CacheConfig>) {
         let (max_size, max_object_size) =
             config.map_or((0, 0), |c| (c.max_size.max(1), c.max_object_size));
         if self.max_size.load(Ordering::Relaxed) == max_size
@@ -230,26 +231,28 @@ impl Store {
             .store(max_object_size, Ordering::Relaxed);
     }
 
-    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Entry>> {
         self.cache.get(key)
     }
 
-    pub fn insert(&self, key: String, entry: Entry) {
+    pub(crate) fn insert(&self, key: String, entry: Entry) {
         if entry.identity.body.len() as u64 <= self.object_cap() {
             self.cache.insert(key, Arc::new(entry));
         }
     }
 
-    pub fn object_cap(&self) -> u64 {
+    pub(crate) fn object_cap(&self) -> u64 {
         self.object_cap.load(Ordering::Relaxed)
     }
 
     /// Total weight held (bytes, approximately).
-    pub fn weight(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn weight(&self) -> u64 {
         self.cache.weight()
     }
 
-    pub fn capacity(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> u64 {
         self.cache.capacity()
     }
 }

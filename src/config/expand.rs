@@ -5,7 +5,10 @@
 /// `${VAR:-default}` uses the default when the variable is unset or empty (the shell's
 /// `:-`); `${VAR}` with the variable unset is an error, so a forgotten variable cannot
 /// silently become an empty host name. `$$` writes a literal `$`.
-pub fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(super) fn expand_with(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     if !text.contains('$') {
         return Ok(text.to_owned());
     }
@@ -49,7 +52,7 @@ pub fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
 }
 
 /// Expands from the process environment.
-pub fn expand_env(text: &str) -> Result<String, String> {
+pub(super) fn expand_env(text: &str) -> Result<String, String> {
     expand_with(text, |name| std::env::var(name).ok())
 }
 

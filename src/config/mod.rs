@@ -21,8 +21,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 pub use error::ConfigError;
-pub use expand::expand_env;
-pub use units::{parse_duration, parse_size};
+pub use units::parse_duration;
 
 use crate::routing::{Matcher, Router, SlashRedirects};
 
@@ -30,7 +29,7 @@ use crate::routing::{Matcher, Router, SlashRedirects};
 pub const DEFAULT_CONFIG_PATH: &str = "conf/astron-edge.toml";
 
 /// Reads, expands and validates a TOML config file (`source::load` picks the syntax).
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let bytes = std::fs::read(path)
         .map_err(|e| ConfigError::whole_file(path, format!("cannot read config file: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {

@@ -17,7 +17,7 @@ use super::units::{bounded_size, parse_duration, parse_size};
 
 /// A config string after `${VAR}` / `${VAR:-default}` expansion.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Str(pub String);
+pub(super) struct Str(pub String);
 
 impl<'de> Deserialize<'de> for Str {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -28,7 +28,7 @@ impl<'de> Deserialize<'de> for Str {
 
 /// A duration string with a unit (`"30s"`), expanded then parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+pub(super) struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -39,7 +39,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// A size in bytes: an integer, or a string with an optional unit (`"20m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub u64);
+pub(super) struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -67,7 +67,7 @@ impl<'de> Deserialize<'de> for Size {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
     #[serde(default)]
@@ -91,7 +91,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(super) struct RawServer {
     pub listen: Option<Spanned<Vec<Spanned<Str>>>>,
     pub threads: Option<Spanned<u64>>,
     pub client_max_body_size: Option<Size>,
@@ -106,7 +106,7 @@ pub struct RawServer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(super) struct RawTls {
     pub listen: Vec<Spanned<Str>>,
     pub cert: Spanned<Str>,
     pub key: Spanned<Str>,
@@ -114,13 +114,13 @@ pub struct RawTls {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
+pub(super) struct RawHealth {
     pub paths: Option<Vec<Spanned<Str>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAccessLog {
+pub(super) struct RawAccessLog {
     pub path: Option<Spanned<Str>>,
     pub format: Option<Spanned<Str>>,
     pub max_size: Option<Spanned<Size>>,
@@ -129,13 +129,13 @@ pub struct RawAccessLog {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMetrics {
+pub(super) struct RawMetrics {
     pub listen: Option<Spanned<Str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTelemetry {
+pub(super) struct RawTelemetry {
     pub enabled: Option<bool>,
     pub endpoint: Option<Spanned<Str>>,
     pub protocol: Option<Spanned<Str>>,
@@ -149,7 +149,7 @@ pub struct RawTelemetry {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGzip {
+pub(super) struct RawGzip {
     pub enabled: Option<bool>,
     pub min_length: Option<Size>,
     pub level: Option<Spanned<u32>>,
@@ -158,14 +158,14 @@ pub struct RawGzip {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCache {
+pub(super) struct RawCache {
     pub max_size: Size,
     pub max_object_size: Option<Size>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(super) struct RawUpstream {
     pub servers: Spanned<Vec<Spanned<Str>>>,
     pub connect_timeout: Option<Dur>,
     pub timeout: Option<Dur>,
@@ -173,7 +173,7 @@ pub struct RawUpstream {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAuth {
+pub(super) struct RawAuth {
     pub upstream: Spanned<Str>,
     pub path: Spanned<Str>,
     pub timeout: Option<Dur>,
@@ -185,7 +185,7 @@ pub struct RawAuth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(super) struct RawRoute {
     pub name: Spanned<Str>,
     pub exact: Option<Spanned<Str>>,
     pub priority_prefix: Option<Spanned<Str>>,

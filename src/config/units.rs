@@ -38,7 +38,7 @@ const MAX_DURATION_MS: u64 = 365 * 86_400_000;
 
 /// Parses a size in bytes with an optional nginx unit: `k`, `m`, `g` (binary multiples,
 /// case-insensitive, an optional trailing `b`/`ib` is accepted: `"20m"`, `"20MiB"`, `"64k"`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -63,7 +63,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// `size` if a config may hold it: at most 1 TiB, anything above is a typo.
-pub fn bounded_size(size: u64) -> Result<u64, String> {
+pub(super) fn bounded_size(size: u64) -> Result<u64, String> {
     if size <= MAX_SIZE {
         Ok(size)
     } else {

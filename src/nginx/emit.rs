@@ -4,7 +4,7 @@
 use super::syntax::Pos;
 
 #[derive(Default)]
-pub struct Toml {
+pub(super) struct Toml {
     text: String,
     /// One entry per line written so far.
     origins: Vec<Option<Pos>>,
@@ -12,7 +12,7 @@ pub struct Toml {
 
 impl Toml {
     /// Writes one line that came from `origin` (or from nowhere in particular).
-    pub fn line(&mut self, origin: Option<&Pos>, text: &str) {
+    pub(super) fn line(&mut self, origin: Option<&Pos>, text: &str) {
         for part in text.split('\n') {
             self.text.push_str(part);
             self.text.push('\n');
@@ -21,22 +21,22 @@ impl Toml {
     }
 
     /// `# FILE:LINE what`: the source comment above each table.
-    pub fn source(&mut self, pos: &Pos, what: &str) {
+    pub(super) fn source(&mut self, pos: &Pos, what: &str) {
         self.line(Some(pos), &format!("# {}  {what}", pos.file_line()));
     }
 
-    pub fn blank(&mut self) {
+    pub(super) fn blank(&mut self) {
         self.line(None, "");
     }
 
-    pub fn finish(self) -> (String, Vec<Option<Pos>>) {
+    pub(super) fn finish(self) -> (String, Vec<Option<Pos>>) {
         (self.text, self.origins)
     }
 }
 
 /// A TOML basic string. `$` before `{` or `$` is doubled: the loader expands `${VAR}`,
 /// and nothing taken from nginx must turn into an environment lookup.
-pub fn quote(text: &str) -> String {
+pub(super) fn quote(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     let mut chars = text.chars().peekable();
@@ -58,12 +58,12 @@ pub fn quote(text: &str) -> String {
 
 /// A string holding a `${VAR:-default}` reference the importer means (upstream addresses,
 /// the listener): written as is.
-pub fn quote_env(var: &str, default: &str) -> String {
+pub(super) fn quote_env(var: &str, default: &str) -> String {
     format!("\"${{{var}:-{default}}}\"")
 }
 
 /// A TOML literal string when the text allows one (regexes read better without escapes).
-pub fn quote_literal(text: &str) -> String {
+pub(super) fn quote_literal(text: &str) -> String {
     if text.contains(['\'', '\n', '\r']) || text.contains("${") || text.contains("$$") {
         quote(text)
     } else {
@@ -71,7 +71,7 @@ pub fn quote_literal(text: &str) -> String {
     }
 }
 
-pub fn list(items: &[String]) -> String {
+pub(super) fn list(items: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 

@@ -165,7 +165,7 @@ impl Import {
     }
 }
 
-pub fn import(path: &Path, directives: &[Directive]) -> Result<Import, NginxError> {
+pub(super) fn import(path: &Path, directives: &[Directive]) -> Result<Import, NginxError> {
     let mut im = Importer {
         base: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         ignored: Vec::new(),
@@ -1886,7 +1886,7 @@ fn auth(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nginx::parse_text;
+    use crate::nginx::syntax::parse_text;
 
     fn toml_of(text: &str) -> String {
         let path = Path::new("t/nginx.conf");

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, ConfigError};
 
 pub use import::Import;
-pub use syntax::{parse_text, Directive, Pos};
+#[cfg(test)]
+use syntax::parse_text;
 
 /// An nginx.conf that cannot be imported: `FILE:LINE:COL: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +77,7 @@ pub fn import_file(path: &Path) -> Result<Import, NginxError> {
 
 /// Imports `path` and validates the result: what `run`/`check -c nginx.conf` load at start
 /// and at every reload. Warnings go to the log; errors point into the nginx file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let imported = import_file(path)?;
     for warning in &imported.warnings {
         tracing::warn!("{warning}");
@@ -86,7 +87,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Whether `path` names an nginx.conf rather than a TOML config (SPEC §1: any name not
 /// ending in `.toml`).
-pub fn is_nginx_path(path: &Path) -> bool {
+pub(crate) fn is_nginx_path(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()) != Some("toml")
 }
 

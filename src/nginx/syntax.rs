@@ -10,7 +10,7 @@ use super::NginxError;
 
 /// Where a token starts: file, 1-based line and column (in characters, as editors count).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pos {
+pub(super) struct Pos {
     pub file: Arc<Path>,
     pub line: usize,
     pub col: usize,
@@ -18,11 +18,11 @@ pub struct Pos {
 
 impl Pos {
     /// `FILE:LINE`, the form of the importer's comments and warnings.
-    pub fn file_line(&self) -> String {
+    pub(super) fn file_line(&self) -> String {
         format!("{}:{}", self.file.display(), self.line)
     }
 
-    pub fn error(&self, message: impl Into<String>) -> NginxError {
+    pub(super) fn error(&self, message: impl Into<String>) -> NginxError {
         NginxError {
             file: self.file.to_path_buf(),
             line: self.line,
@@ -34,7 +34,7 @@ impl Pos {
 
 /// One argument of a directive, unquoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arg {
+pub(super) struct Arg {
     pub text: String,
     /// Written in quotes: `""` is an empty argument, not a missing one.
     pub quoted: bool,
@@ -43,7 +43,7 @@ pub struct Arg {
 
 /// `name arg... ;` or `name arg... { directives }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Directive {
+pub(super) struct Directive {
     pub name: String,
     pub args: Vec<Arg>,
     pub pos: Pos,
@@ -55,13 +55,14 @@ const MAX_INCLUDE_DEPTH: usize = 16;
 
 /// Reads and parses `path`, splicing in every `include` (except `mime.types`, whose
 /// directive is kept for the importer to ignore with a warning).
-pub fn parse_file(path: &Path) -> Result<Vec<Directive>, NginxError> {
+pub(super) fn parse_file(path: &Path) -> Result<Vec<Directive>, NginxError> {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     parse_included(path, &base, 0, None)
 }
 
 /// Parses `text` as if read from `path` (includes are taken relative to its directory).
-pub fn parse_text(path: &Path, text: &str) -> Result<Vec<Directive>, NginxError> {
+#[cfg(test)]
+pub(super) fn parse_text(path: &Path, text: &str) -> Result<Vec<Directive>, NginxError> {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let file: Arc<Path> = Arc::from(path);
     let tokens = lex(&file, text)?;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// An nginx time; a bare number is seconds. `None` when it does not parse.
-pub fn time(text: &str) -> Option<Duration> {
+pub(super) fn time(text: &str) -> Option<Duration> {
     if text.is_empty() {
         return None;
     }
@@ -41,7 +41,7 @@ pub fn time(text: &str) -> Option<Duration> {
 }
 
 /// An nginx size (`k`/`K`, `m`/`M`, `g`/`G`). `None` when it does not parse.
-pub fn size(text: &str) -> Option<u64> {
+pub(super) fn size(text: &str) -> Option<u64> {
     let (digits, unit) = match text.char_indices().last()? {
         (i, c) if c.is_ascii_alphabetic() => (&text[..i], Some(c.to_ascii_lowercase())),
         _ => (text, None),
@@ -61,7 +61,7 @@ pub fn size(text: &str) -> Option<u64> {
 }
 
 /// A size as the TOML loader reads it (`"20m"`, `"64k"`, bytes otherwise).
-pub fn size_text(n: u64) -> String {
+pub(super) fn size_text(n: u64) -> String {
     if n != 0 && n % (1 << 20) == 0 {
         format!("\"{}m\"", n >> 20)
     } else if n != 0 && n % (1 << 10) == 0 {
@@ -72,7 +72,7 @@ pub fn size_text(n: u64) -> String {
 }
 
 /// A duration as the TOML loader reads it (`"65s"`, `"500ms"`).
-pub fn duration_text(d: Duration) -> String {
+pub(super) fn duration_text(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {

@@ -11,7 +11,7 @@ use crate::state::Snapshot;
 use crate::telemetry::{Kind as TelemetryKind, RequestTelemetry, RequestView};
 use crate::upstream::Upstream;
 
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     /// The config this request started with; kept to its end, whatever reloads happen.
     pub snapshot: Arc<Snapshot>,
     pub started: Instant,
@@ -43,7 +43,7 @@ pub struct RequestCtx {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
+pub(crate) enum RequestKind {
     Pending,
     Health,
     Local,
@@ -54,7 +54,7 @@ pub enum RequestKind {
 }
 
 impl RequestCtx {
-    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+    pub(crate) fn new(snapshot: Arc<Snapshot>) -> Self {
         RequestCtx {
             snapshot,
             started: Instant::now(),
@@ -76,23 +76,23 @@ impl RequestCtx {
         }
     }
 
-    pub fn route(&self) -> Option<&RouteConfig> {
+    pub(crate) fn route(&self) -> Option<&RouteConfig> {
         self.route.map(|i| &self.snapshot.config.routes[i])
     }
 
     /// The route's proxy settings, when it is a proxied route.
-    pub fn proxy_route(&self) -> Option<&ProxyRoute> {
+    pub(crate) fn proxy_route(&self) -> Option<&ProxyRoute> {
         self.route()?.proxy()
     }
 
     /// Route name for logs and metric labels: bounded whatever the client sends.
-    pub fn route_label(&self) -> &str {
+    pub(crate) fn route_label(&self) -> &str {
         route_label(self.kind, self.route())
     }
 
     /// What telemetry reads of this request, and its own state to update: two borrows of
     /// different fields, taken together.
-    pub fn telemetry_parts(&mut self) -> (RequestView<'_>, &mut RequestTelemetry) {
+    pub(crate) fn telemetry_parts(&mut self) -> (RequestView<'_>, &mut RequestTelemetry) {
         let route = self.route.map(|i| &self.snapshot.config.routes[i]);
         let view = RequestView {
             snapshot: &self.snapshot,
@@ -112,7 +112,7 @@ impl RequestCtx {
         (view, &mut self.telemetry)
     }
 
-    pub fn upstream_name(&self) -> &str {
+    pub(crate) fn upstream_name(&self) -> &str {
         self.upstream.as_ref().map_or("-", |u| u.name.as_str())
     }
 }

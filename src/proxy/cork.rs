@@ -15,12 +15,12 @@ use pingora::proxy::Session;
 /// ceiling, should the request end without [`release_segments`]). Streaming is not delayed
 /// by more than deflate already does: a compressed body leaves the encoder in blocks, and
 /// `sse` routes are never compressed. Plain TCP only (a TLS session is left as it is).
-pub fn hold_segments(session: &Session) {
+pub(super) fn hold_segments(session: &Session) {
     set_cork(session, true);
 }
 
 /// Sends what [`hold_segments`] held: called once the response is complete.
-pub fn release_segments(session: &Session) {
+pub(super) fn release_segments(session: &Session) {
     set_cork(session, false);
 }
 

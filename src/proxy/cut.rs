@@ -10,7 +10,7 @@ use pingora::proxy::Session;
 /// Ends the client's answer without its end: over HTTP/2 the stream is reset
 /// (`RST_STREAM`); over HTTP/1 nothing is written, and the connection, which cannot be
 /// reused (`fail_to_proxy` says so), closes without the terminating chunk.
-pub fn cut(session: &mut Session) {
+pub(super) fn cut(session: &mut Session) {
     if let ServerSession::H2(h2) = session.as_downstream_mut() {
         h2.shutdown();
     }

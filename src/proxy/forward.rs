@@ -18,7 +18,7 @@ use crate::routing::encode_path;
 /// counts ~3,700 instructions for the copy against ~5,400 for the growth it avoids (a
 /// one-header request: 1.5–1.7 % fewer instructions in all). Requests with room (most browsers
 /// send a dozen headers) are left alone.
-pub fn make_room(req: &mut RequestHeader, extra: usize) -> Result<()> {
+pub(super) fn make_room(req: &mut RequestHeader, extra: usize) -> Result<()> {
     let count = req.headers.len();
     if req.headers.capacity() >= count + extra {
         return Ok(());
@@ -51,7 +51,7 @@ pub fn make_room(req: &mut RequestHeader, extra: usize) -> Result<()> {
 
 /// The URI for a route with `upstream_path`: the matched part of the normalised path
 /// replaced, re-encoded, the query kept as received.
-pub fn rewrite_uri(
+pub(super) fn rewrite_uri(
     route: &ProxyRoute,
     normalized: &str,
     matched_len: usize,

@@ -49,7 +49,7 @@ const LINE_COPY: usize = 256;
 
 /// Serves an accepted connection: HTTP/1 through [`Guarded`] in Pingora's keep-alive loop,
 /// anything else (HTTP/2 by ALPN) as Pingora does.
-pub async fn serve(
+pub(super) async fn serve(
     pipeline: &Arc<HttpProxy<EdgeProxy>>,
     stream: Stream,
     shutdown: &ShutdownWatch,
@@ -71,7 +71,7 @@ pub async fn serve(
 }
 
 /// The next request of a kept-alive connection, in Pingora's pipeline.
-pub async fn serve_next(
+pub(super) async fn serve_next(
     pipeline: &Arc<HttpProxy<EdgeProxy>>,
     reused: ReusedHttpStream,
     shutdown: &ShutdownWatch,
@@ -102,7 +102,7 @@ fn next_request(stream: Stream) -> Stream {
 
 /// Called from the first request phase: Pingora has parsed the header, the body is not the
 /// guard's business.
-pub fn request_parsed(session: &Session) {
+pub(super) fn request_parsed(session: &Session) {
     let guarded = session
         .as_downstream()
         .stream()
@@ -131,7 +131,7 @@ enum Phase {
 }
 
 /// An HTTP/1 connection whose request headers are bounded in time and size.
-pub struct Guarded {
+pub(super) struct Guarded {
     inner: Stream,
     state: SharedState,
     phase: Phase,
@@ -587,7 +587,7 @@ impl GetSocketDigest for Guarded {
 impl Peek for Guarded {}
 
 /// The TCP connection under a guarded (or plain) stream, for socket options.
-pub fn tcp_of(stream: &Stream) -> Option<&pingora::protocols::l4::stream::Stream> {
+pub(super) fn tcp_of(stream: &Stream) -> Option<&pingora::protocols::l4::stream::Stream> {
     let any = stream.as_any();
     any.downcast_ref::<Guarded>()
         .map_or(any, |g| g.inner.as_any())

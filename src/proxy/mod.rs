@@ -28,7 +28,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::{ErrorSource, ErrorType};
 
-pub use context::{RequestCtx, RequestKind};
+pub(crate) use context::{RequestCtx, RequestKind};
 pub(crate) use respond::add_configured_headers;
 
 use crate::auth::{AuthClient, AuthOutcome};
@@ -55,7 +55,7 @@ pub(crate) static X_ACCEL_BUFFERING: header::HeaderName =
 /// The proxy's phases. A handle: clones share everything, so that an SSE stream's relay
 /// (see `relay`) runs the same phases on a task of its own.
 #[derive(Clone)]
-pub struct EdgeProxy {
+pub(crate) struct EdgeProxy {
     shared: Arc<Shared>,
 }
 
@@ -75,7 +75,7 @@ struct Shared {
 }
 
 impl EdgeProxy {
-    pub fn new(state: SharedState, shutdown: ShutdownWatch) -> Self {
+    pub(crate) fn new(state: SharedState, shutdown: ShutdownWatch) -> Self {
         EdgeProxy {
             shared: Arc::new(Shared {
                 state,
@@ -101,10 +101,10 @@ impl EdgeProxy {
 /// The proxy service's application: Pingora's HTTP proxy running [`EdgeProxy`]'s phases.
 /// A wrapper only so that the phases can reach their own pipeline (a relayed SSE stream
 /// hands its connection back to it; Pingora's `Service` keeps its application to itself).
-pub struct EdgeApp(Arc<HttpProxy<EdgeProxy>>, SharedState);
+pub(crate) struct EdgeApp(Arc<HttpProxy<EdgeProxy>>, SharedState);
 
 impl EdgeApp {
-    pub fn new(conf: &Arc<ServerConf>, proxy: EdgeProxy) -> EdgeApp {
+    pub(crate) fn new(conf: &Arc<ServerConf>, proxy: EdgeProxy) -> EdgeApp {
         let pipeline = Arc::new(pingora::proxy::http_proxy(conf, proxy.clone()));
         // Weak: the pipeline owns the phases, which must not keep it alive in turn.
         let _ = proxy.shared.pipeline.set(Arc::downgrade(&pipeline));

@@ -19,7 +19,7 @@ use crate::config::RouteAction;
 use crate::routing::{encode_path, Matcher};
 
 /// Writes a complete plain-text answer. `body = None` sends the status's reason phrase.
-pub async fn local_response(
+pub(super) async fn local_response(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: StatusCode,
@@ -30,7 +30,7 @@ pub async fn local_response(
 
 /// [`local_response`] with an optional `Location` (redirecting `return` routes, the 301 to
 /// a slashed path).
-pub async fn local_answer(
+pub(super) async fn local_answer(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: StatusCode,
@@ -64,7 +64,7 @@ pub async fn local_answer(
 }
 
 /// Relays a 401/403 of the auth service: its status, `WWW-Authenticate`, type and body.
-pub async fn relay_denial(
+pub(super) async fn relay_denial(
     session: &mut Session,
     ctx: &mut RequestCtx,
     denial: Denial,
@@ -90,7 +90,7 @@ pub async fn relay_denial(
 /// The global headers (every answer), then the matched route's own ones and those of an
 /// `sse` route (the statuses of nginx's `add_header` without `always`), and the request's
 /// `X-Request-ID`.
-pub fn add_configured_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+pub(crate) fn add_configured_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     crate::telemetry::request_id::set_on_response(&ctx.telemetry, resp)?;
     for (name, value) in &ctx.snapshot.config.response_headers {
         resp.insert_header(name.clone(), value.clone())?;
@@ -110,7 +110,7 @@ pub fn add_configured_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Re
 
 /// Whether nginx's `add_header` without `always` (and `expires`) touches an answer with
 /// this status: 200, 201, 204, 206, 301, 302, 303, 304, 307, 308.
-pub fn adds_headers(status: StatusCode) -> bool {
+pub(super) fn adds_headers(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
@@ -118,7 +118,11 @@ pub fn adds_headers(status: StatusCode) -> bool {
 }
 
 /// `Location` of the 301 to route `index`'s slashed path: the route's path, query kept.
-pub fn slash_location(ctx: &RequestCtx, index: usize, req: &RequestHeader) -> Option<HeaderValue> {
+pub(super) fn slash_location(
+    ctx: &RequestCtx,
+    index: usize,
+    req: &RequestHeader,
+) -> Option<HeaderValue> {
     let (Matcher::Prefix(path) | Matcher::PriorityPrefix(path)) =
         &ctx.snapshot.config.routes.get(index)?.matcher
     else {
@@ -134,7 +138,7 @@ pub fn slash_location(ctx: &RequestCtx, index: usize, req: &RequestHeader) -> Op
 
 /// The status an error becomes: 502 unreachable, 504 timeout, 4xx for client faults,
 /// 0 when the client is gone and nothing can be written.
-pub fn error_status(e: &Error) -> u16 {
+pub(super) fn error_status(e: &Error) -> u16 {
     use ErrorType::*;
     match (e.etype(), e.esource()) {
         (HTTPStatus(code), _) => *code,

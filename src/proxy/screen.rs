@@ -14,7 +14,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 /// What the request target is, once it passed [`verdict`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(super) enum Target {
     /// `/path?query`: routed as it is.
     Origin,
     /// `http://host/path?query`: routed by its path, sent upstream in origin form.
@@ -24,10 +24,10 @@ pub enum Target {
 }
 
 /// A refusal: the status and why (for the debug log).
-pub type Refusal = (StatusCode, &'static str);
+pub(super) type Refusal = (StatusCode, &'static str);
 
 /// The method, version and target checks nginx makes before anything else.
-pub fn verdict(req: &RequestHeader) -> Result<Target, Refusal> {
+pub(super) fn verdict(req: &RequestHeader) -> Result<Target, Refusal> {
     let method = req.method.as_str().as_bytes();
     // nginx: a method is upper-case letters, `_` and `-`; anything else is a bad request.
     if !method
@@ -80,7 +80,7 @@ const PROTECTED: [&str; 4] = [
 /// `underscores` allows them, as nginx's `underscores_in_headers`), and `Connection`
 /// tokens that name `Host` or a forwarding header (nginx never lets `Connection` remove a
 /// header; Pingora would refuse the request, and the SSE relay would drop the header).
-pub fn scrub(req: &mut RequestHeader, underscores: bool) {
+pub(super) fn scrub(req: &mut RequestHeader, underscores: bool) {
     if !underscores && req.headers.keys().any(|n| n.as_str().contains('_')) {
         let dropped: Vec<HeaderName> = req
             .headers
@@ -134,7 +134,12 @@ fn keep_unprotected_tokens(req: &mut RequestHeader) {
 /// Upgrades (WebSocket) pass only on `websocket` routes (as in the stack's nginx, which has
 /// none): elsewhere Pingora does not forward the upgrade headers. On a `websocket` route
 /// the client side of the tunnel may be idle as long as the route's `timeout`.
-pub fn upgrades(session: &mut Session, websocket: bool, timeout: Duration, peer: &mut HttpPeer) {
+pub(super) fn upgrades(
+    session: &mut Session,
+    websocket: bool,
+    timeout: Duration,
+    peer: &mut HttpPeer,
+) {
     let policy = &mut peer.options.http_upstream_request_policy;
     if websocket {
         policy.h1_upgrade = H1UpgradePolicy::WebSocketOnly;
@@ -148,7 +153,7 @@ pub fn upgrades(session: &mut Session, websocket: bool, timeout: Duration, peer:
 
 /// An upstream `101` to a request that did not ask to upgrade (or was not let) is a broken
 /// upstream: 502, never a tunnel.
-pub fn unasked_upgrade(
+pub(super) fn unasked_upgrade(
     session: &Session,
     websocket: bool,
     response: &ResponseHeader,

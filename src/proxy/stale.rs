@@ -15,7 +15,7 @@ use super::RequestCtx;
 
 /// Whether `e`, on the upstream side of an exchange whose answer has not begun, is what a
 /// connection closed under the request looks like.
-pub fn closed_under_request(e: &Error) -> bool {
+pub(super) fn closed_under_request(e: &Error) -> bool {
     e.esource() == &ErrorSource::Upstream
         && matches!(
             e.etype(),
@@ -26,7 +26,7 @@ pub fn closed_under_request(e: &Error) -> bool {
 /// `error_while_proxy` of Pingora's pipeline: retried on a new connection when the
 /// connection was reused, nothing of the answer came and the body (if any) is still held
 /// in Pingora's retry buffer.
-pub fn pipeline_retry(
+pub(super) fn pipeline_retry(
     peer: &HttpPeer,
     session: &mut Session,
     e: Box<Error>,

@@ -15,6 +15,6 @@ mod matcher;
 mod normalize;
 mod slash;
 
-pub use matcher::{Matcher, RouteMatch, Router, RouterError};
-pub use normalize::{encode_path, normalize_path, NormalizeError};
-pub use slash::SlashRedirects;
+pub(crate) use matcher::{Matcher, Router, RouterError};
+pub(crate) use normalize::{encode_path, normalize_path, NormalizeError};
+pub(crate) use slash::SlashRedirects;

@@ -12,7 +12,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 /// Why a request path cannot be normalised. Every variant means the request
 /// is malformed and should be answered with 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NormalizeError {
+pub(crate) enum NormalizeError {
     /// The path does not start with `/` (empty, `*`, or an absolute URI that
     /// the caller did not split).
     #[error("path does not start with /")]
@@ -52,7 +52,7 @@ pub enum NormalizeError {
 /// See [`NormalizeError`]: the path must start with `/`, escapes must be
 /// well-formed, the decoded path must be UTF-8 without NUL bytes, and it must
 /// not climb above `/`.
-pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, NormalizeError> {
+pub(crate) fn normalize_path(raw: &str) -> Result<Cow<'_, str>, NormalizeError> {
     if !raw.starts_with('/') {
         return Err(NormalizeError::NotAbsolute);
     }
@@ -181,7 +181,7 @@ const PATH_ENCODE_SET: &AsciiSet = &CONTROLS
 ///
 /// Borrowed when nothing needs encoding, which is the common case.
 #[must_use]
-pub fn encode_path(normalized: &str) -> Cow<'_, str> {
+pub(crate) fn encode_path(normalized: &str) -> Cow<'_, str> {
     utf8_percent_encode(normalized, PATH_ENCODE_SET).into()
 }
 

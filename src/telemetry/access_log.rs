@@ -53,7 +53,7 @@ const KEEP_SCRATCH_CAPACITY: usize = 16 * 1024;
 const KEEP_BATCH_CAPACITY: usize = 1024 * 1024;
 
 /// Everything one line says, borrowed from the finished request.
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     pub remote_addr: Option<&'a IpText>,
     /// The raw `Authorization` header, for `$remote_user` (Basic auth).
     pub authorization: Option<&'a [u8]>,
@@ -375,7 +375,7 @@ impl Pending {
 }
 
 /// The handle of the access-log writer.
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     state: SharedState,
     pending: Arc<Mutex<Pending>>,
     writer: Thread,
@@ -396,7 +396,7 @@ thread_local! {
 impl AccessLog {
     /// Starts the writer thread. It follows `access_log.path` of the live config, so a
     /// reload that changes it takes effect with the next batch.
-    pub fn start(state: SharedState) -> io::Result<AccessLog> {
+    pub(crate) fn start(state: SharedState) -> io::Result<AccessLog> {
         let pending = Arc::new(Mutex::new(Pending::default()));
         let output = Output::open(&state.load().config.access_log.target);
         let writer = Writer {
@@ -414,13 +414,13 @@ impl AccessLog {
     }
 
     /// Whether the live config logs at all (`access_log.path` is not `"off"`).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.state.load().config.access_log.target != LogTarget::Off
     }
 
     /// Formats `entry` in the live config's format and queues the line, tagged with that
     /// config; never waits. A full queue drops the line and counts it.
-    pub fn log(&self, entry: &Entry<'_>, now: SystemTime) {
+    pub(crate) fn log(&self, entry: &Entry<'_>, now: SystemTime) {
         let live = self.state.load_full();
         let config = &live.config.access_log;
         if config.target == LogTarget::Off {
@@ -448,13 +448,13 @@ impl AccessLog {
     }
 
     /// Reopens the file (after logrotate moved it): `SIGUSR1`.
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         lock(&self.pending).reopen = true;
         self.writer.unpark();
     }
 
     /// Waits until every line queued so far is written, or `deadline` passes.
-    pub fn flush(&self, deadline: Instant) -> bool {
+    pub(crate) fn flush(&self, deadline: Instant) -> bool {
         let (ack_tx, ack_rx) = mpsc::channel();
         lock(&self.pending).acks.push(ack_tx);
         self.writer.unpark();

@@ -17,7 +17,7 @@ use crate::config::TelemetryConfig;
 use crate::metrics::Kept;
 
 /// What the rule looks at when a request ends.
-pub struct Outcome {
+pub(super) struct Outcome {
     /// What the client got.
     pub status: u16,
     /// The upstream failed (refused, timed out, broke off mid-body), whatever the client
@@ -29,7 +29,7 @@ pub struct Outcome {
 
 /// Whether a span the head sampler left out is exported anyway, and why. `keep_errors =
 /// false` turns the rule off (plain head sampling).
-pub fn reason(config: &TelemetryConfig, outcome: &Outcome) -> Option<Kept> {
+pub(super) fn reason(config: &TelemetryConfig, outcome: &Outcome) -> Option<Kept> {
     if !config.keep_errors {
         return None;
     }

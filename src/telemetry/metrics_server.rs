@@ -28,7 +28,7 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 32;
 
 /// A bound, serving metrics listener; dropping it closes the port.
-pub struct MetricsListener {
+pub(super) struct MetricsListener {
     pub addr: SocketAddr,
     task: JoinHandle<()>,
 }
@@ -41,7 +41,7 @@ impl Drop for MetricsListener {
 
 impl MetricsListener {
     /// Binds `addr` and serves it on `runtime`.
-    pub fn bind(addr: SocketAddr, runtime: &Handle) -> std::io::Result<MetricsListener> {
+    pub(super) fn bind(addr: SocketAddr, runtime: &Handle) -> std::io::Result<MetricsListener> {
         let listener = {
             let _enter = runtime.enter();
             TcpListener::from_std(bind_std(addr)?)?

@@ -16,18 +16,18 @@
 //! listener, no per-request counting; no OTLP, no span; `access_log.path = "off"`, no line.
 //! Before [`init`] (unit tests) everything is off.
 
-pub mod access_log;
+pub(crate) mod access_log;
 mod keep;
-pub mod log_levels;
+pub(crate) mod log_levels;
 mod metrics_server;
 mod otlp;
 mod reconfigure;
-pub mod request_id;
+pub(crate) mod request_id;
 mod settings;
 mod span_queue;
-pub mod stream;
+pub(crate) mod stream;
 mod trace_export;
-pub mod traces;
+pub(crate) mod traces;
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -48,13 +48,11 @@ use access_log::{AccessLog, Entry};
 use otlp::Otlp;
 use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
-pub use crate::metrics::{
-    record_auth, record_reload, sse_stream_opened, AuthResult, SseStreamGuard,
-};
-pub use stream::{Stream, StreamEnd};
+pub(crate) use crate::metrics::{record_auth, record_reload, AuthResult};
+pub(crate) use stream::{Stream, StreamEnd};
 
 /// How long the exit may wait for the last access-log lines and OTLP exports.
-pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Telemetry {
     access_log: AccessLog,
@@ -83,7 +81,7 @@ fn otlp_pipeline() -> Option<Arc<Otlp>> {
 /// Starts the access-log writer, the OTLP pipelines (when enabled by the config or the
 /// environment), the metrics listener and the SIGUSR1 handler. Called once, before the
 /// server runs.
-pub fn init(state: &SharedState) -> anyhow::Result<()> {
+pub(crate) fn init(state: &SharedState) -> anyhow::Result<()> {
     metrics::init();
     metrics::record_config_loaded();
     let snapshot = state.load_full();
@@ -123,7 +121,7 @@ pub fn init(state: &SharedState) -> anyhow::Result<()> {
 /// rebuilt when their settings changed (SPEC §3: everything but the listeners reloads).
 /// The access log and the per-request rules (sampling ratio, error/slow keeping) follow
 /// each request's snapshot by themselves.
-pub fn reconfigure(snapshot: &crate::state::Snapshot) {
+pub(crate) fn reconfigure(snapshot: &crate::state::Snapshot) {
     if let Some(t) = global() {
         reconfigure::apply(t, &snapshot.config);
     }
@@ -131,7 +129,7 @@ pub fn reconfigure(snapshot: &crate::state::Snapshot) {
 
 /// Writes the queued access-log lines and exports the pending spans and metrics, within
 /// [`FLUSH_TIMEOUT`]. Called once Pingora has stopped serving.
-pub fn shutdown() {
+pub(crate) fn shutdown() {
     let Some(t) = global() else {
         return;
     };
@@ -146,7 +144,7 @@ pub fn shutdown() {
 
 /// What telemetry carries from phase to phase of one request.
 #[derive(Default)]
-pub struct RequestTelemetry {
+pub(crate) struct RequestTelemetry {
     /// The route's handles, set by [`request_started`] when metrics or traces are on.
     route: Option<Arc<RouteMetrics>>,
     /// Counted in `edge_http_requests_in_flight` (Prometheus on) until dropped.
@@ -170,38 +168,38 @@ pub struct RequestTelemetry {
 
 impl RequestTelemetry {
     /// The request's SERVER span, when tracing is on and the request is proxied.
-    pub fn server_span(&self) -> Option<&ServerSpan> {
+    pub(crate) fn server_span(&self) -> Option<&ServerSpan> {
         self.span.as_deref()
     }
 
     /// The client's address, when a kind of telemetry that reports it is on.
-    pub fn client(&self) -> Option<IpAddr> {
+    pub(crate) fn client(&self) -> Option<IpAddr> {
         self.client
     }
 
     /// The status of the upstream's answer header, once it came.
-    pub fn upstream_status(&self) -> Option<u16> {
+    pub(crate) fn upstream_status(&self) -> Option<u16> {
         self.upstream_status
     }
 
     /// The answer's stream state, when the answer is a stream.
-    pub fn stream(&mut self) -> Option<&mut Stream> {
+    pub(crate) fn stream(&mut self) -> Option<&mut Stream> {
         self.stream.as_deref_mut()
     }
 
     /// Lends the stream state to the relay's body pump, which [`Self::put_stream`]s it back.
-    pub fn take_stream(&mut self) -> Option<Box<Stream>> {
+    pub(crate) fn take_stream(&mut self) -> Option<Box<Stream>> {
         self.stream.take()
     }
 
-    pub fn put_stream(&mut self, stream: Option<Box<Stream>>) {
+    pub(crate) fn put_stream(&mut self, stream: Option<Box<Stream>>) {
         self.stream = stream;
     }
 }
 
 /// What telemetry reads of a request: the proxy's answer to "which request is this".
 #[derive(Clone, Copy)]
-pub struct RequestView<'a> {
+pub(crate) struct RequestView<'a> {
     /// The config the request runs on.
     pub snapshot: &'a Snapshot,
     /// Index into `snapshot.config.routes`, once matched (`None` for health probes too).
@@ -222,7 +220,7 @@ pub struct RequestView<'a> {
 
 /// What kind of request it is, as far as telemetry cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A health probe: counted, never logged nor traced.
     Health,
     /// Proxied to an upstream: gets a span.
@@ -233,7 +231,11 @@ pub enum Kind {
 
 /// `request_filter`, once the kind and the route are known: the in-flight gauge, and for
 /// proxied requests the SERVER span (a child of the client's `traceparent`).
-pub fn request_started(session: &Session, view: &RequestView<'_>, tel: &mut RequestTelemetry) {
+pub(crate) fn request_started(
+    session: &Session,
+    view: &RequestView<'_>,
+    tel: &mut RequestTelemetry,
+) {
     let prometheus = metrics::requests_counted();
     let otlp = global().is_some_and(|t| t.otlp.load().is_some());
     if !prometheus && !otlp {
@@ -266,13 +268,13 @@ fn route_metrics(view: &RequestView<'_>) -> Arc<RouteMetrics> {
 }
 
 /// `upstream_peer`: the upstream exchange starts (kept from the first attempt).
-pub fn upstream_started(tel: &mut RequestTelemetry) {
+pub(crate) fn upstream_started(tel: &mut RequestTelemetry) {
     tel.upstream_started.get_or_insert_with(Instant::now);
 }
 
 /// `upstream_request_filter`: the proxy's own `traceparent` (and `tracestate`) replace the
 /// client's, so the upstream's spans are children of the proxy's span.
-pub fn inject_trace_context(
+pub(crate) fn inject_trace_context(
     tel: &RequestTelemetry,
     upstream_request: &mut RequestHeader,
 ) -> pingora::Result<()> {
@@ -295,7 +297,7 @@ pub fn inject_trace_context(
 /// `upstream_response_filter`: the upstream answered with `response`. A 2xx on an `sse`
 /// route, or an event stream on any route, is a stream (counted in
 /// `edge_sse_streams_active` and reported as one when it ends).
-pub fn upstream_responded(
+pub(crate) fn upstream_responded(
     view: &RequestView<'_>,
     tel: &mut RequestTelemetry,
     response: &pingora::http::ResponseHeader,
@@ -309,7 +311,7 @@ pub fn upstream_responded(
 
 /// The request failed at the upstream (connection, timeout, or a stream broken off):
 /// its span is kept as an error's even when the client saw a 2xx ([`keep`]).
-pub fn upstream_failed(tel: &mut RequestTelemetry) {
+pub(crate) fn upstream_failed(tel: &mut RequestTelemetry) {
     tel.upstream_failed = true;
 }
 
@@ -364,7 +366,7 @@ impl<'a> ReportedHeaders<'a> {
 }
 
 /// What [`request_finished`] reads of the exchange with the client.
-pub enum Exchange<'a> {
+pub(crate) enum Exchange<'a> {
     /// The request's own session.
     Session(&'a Session),
     /// A relayed SSE stream, whose session has been taken apart: the copy it kept of the
@@ -404,7 +406,7 @@ impl Exchange<'_> {
 /// A copy of what [`request_finished`] reads of `req` (its request line and the headers
 /// reported), owning its bytes: a relayed stream keeps this for its log line and span
 /// rather than the client's whole request and the buffer it was read into.
-pub fn reported_request(req: &RequestHeader) -> RequestHeader {
+pub(crate) fn reported_request(req: &RequestHeader) -> RequestHeader {
     // A request that was parsed has a path that builds: the whole copy is only a fallback.
     reported_copy(req).unwrap_or_else(|_| req.clone())
 }
@@ -431,7 +433,7 @@ fn reported_copy(req: &RequestHeader) -> pingora::Result<RequestHeader> {
 /// `logging`, once per request at its very end (SSE: when the stream ends): metrics,
 /// access-log line, span. `status` is what the client got (499 when it left first).
 /// With every kind of telemetry off it returns after three loads.
-pub fn request_finished(
+pub(crate) fn request_finished(
     exchange: &Exchange<'_>,
     view: &RequestView<'_>,
     tel: &mut RequestTelemetry,

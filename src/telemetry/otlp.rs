@@ -36,7 +36,7 @@ const SCOPE: &str = "astron-edge";
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// The running pipelines and the handles the request path records through.
-pub struct Otlp {
+pub(crate) struct Otlp {
     /// `http.server.request.duration`, seconds.
     pub server_duration: Histogram<f64>,
     /// `http.client.request.duration`, seconds (the upstream calls).
@@ -47,7 +47,7 @@ pub struct Otlp {
 
 impl Otlp {
     /// Builds both pipelines; must run inside the telemetry runtime (tonic spawns there).
-    pub fn start(settings: &OtlpSettings, runtime: &Handle) -> anyhow::Result<Otlp> {
+    pub(crate) fn start(settings: &OtlpSettings, runtime: &Handle) -> anyhow::Result<Otlp> {
         let resource = resource(&settings.service_name);
         let spans = SpanQueue::start(
             BatchSettings {
@@ -91,13 +91,17 @@ impl Otlp {
 
     /// Encodes a finished span and queues it for export (dropped and counted when the
     /// queue is full).
-    pub fn queue_span(&self, head: &SpanHead<'_>, attributes: impl FnOnce(&mut Attributes<'_>)) {
+    pub(crate) fn queue_span(
+        &self,
+        head: &SpanHead<'_>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
+    ) {
         self.spans.push(|out| encode_span(out, head, attributes));
     }
 
     /// Exports what is pending and stops, waiting at most until `deadline` (spans and
     /// metrics in parallel: the SDK does not bound its call by our deadline).
-    pub fn shutdown(&self, deadline: Instant) {
+    pub(crate) fn shutdown(&self, deadline: Instant) {
         let meter_provider = self.meter_provider.clone();
         let budget = deadline.saturating_duration_since(Instant::now());
         let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -18,14 +18,14 @@ use pingora::http::RequestHeader;
 
 use crate::text;
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The name as it is written on the wire (Pingora keeps a `&'static str`'s case).
 const WIRE_NAME: &str = "X-Request-ID";
 /// The longest client value kept.
 const MAX_LEN: usize = 128;
 
 /// Whether a client's `X-Request-ID` is kept as it is.
-pub fn is_valid(value: &[u8]) -> bool {
+pub(crate) fn is_valid(value: &[u8]) -> bool {
     (1..=MAX_LEN).contains(&value.len())
         && value
             .iter()
@@ -34,7 +34,7 @@ pub fn is_valid(value: &[u8]) -> bool {
 
 /// Decides the request's id, once: the client's valid one, else the trace id of its
 /// span, else a random one. Call after the span is started.
-pub fn assign(req: &RequestHeader, tel: &mut super::RequestTelemetry) {
+pub(crate) fn assign(req: &RequestHeader, tel: &mut super::RequestTelemetry) {
     if tel.request_id.is_some() {
         return;
     }
@@ -61,12 +61,12 @@ fn generated(bytes: &[u8; 16]) -> HeaderValue {
 }
 
 /// The request's id, once assigned.
-pub fn of(tel: &super::RequestTelemetry) -> Option<&HeaderValue> {
+pub(crate) fn of(tel: &super::RequestTelemetry) -> Option<&HeaderValue> {
     tel.request_id.as_ref()
 }
 
 /// `X-Request-ID` on a request the proxy sends (upstream), replacing the client's.
-pub fn set_on_request(
+pub(crate) fn set_on_request(
     tel: &super::RequestTelemetry,
     request: &mut RequestHeader,
 ) -> pingora::Result<()> {
@@ -77,7 +77,7 @@ pub fn set_on_request(
 }
 
 /// `X-Request-ID` on an answer to the client.
-pub fn set_on_response(
+pub(crate) fn set_on_response(
     tel: &super::RequestTelemetry,
     response: &mut pingora::http::ResponseHeader,
 ) -> pingora::Result<()> {
@@ -88,7 +88,7 @@ pub fn set_on_response(
 }
 
 /// The header for a sub-request (forward auth).
-pub fn header(tel: &super::RequestTelemetry) -> Option<(HeaderName, HeaderValue)> {
+pub(crate) fn header(tel: &super::RequestTelemetry) -> Option<(HeaderName, HeaderValue)> {
     of(tel).map(|id| (X_REQUEST_ID.clone(), id.clone()))
 }
 

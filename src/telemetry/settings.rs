@@ -33,7 +33,7 @@ const DEFAULT_BATCH_SIZE: usize = 512;
 const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct OtlpSettings {
+pub(crate) struct OtlpSettings {
     /// gRPC: the collector URL; http/protobuf: the base URL (`/v1/traces` is appended).
     pub endpoint: String,
     pub protocol: OtlpProtocol,
@@ -53,7 +53,7 @@ pub struct OtlpSettings {
 }
 
 /// The settings, or `None` when telemetry is off. `env` looks a variable up.
-pub fn resolve(
+pub(super) fn resolve(
     config: &TelemetryConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<OtlpSettings> {

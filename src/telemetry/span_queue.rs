@@ -38,7 +38,7 @@ type Ack = std::sync::mpsc::Sender<()>;
 
 /// How spans are batched (the batch span processor's settings).
 #[derive(Debug, Clone, Copy)]
-pub struct BatchSettings {
+pub(super) struct BatchSettings {
     pub queue_size: usize,
     pub batch_size: usize,
     pub schedule_delay: Duration,
@@ -46,7 +46,7 @@ pub struct BatchSettings {
 
 /// The request path's end of the queue.
 #[derive(Debug)]
-pub struct SpanQueue {
+pub(super) struct SpanQueue {
     queued: Arc<Mutex<Queued>>,
     queue_size: usize,
     batch_size: usize,
@@ -132,7 +132,7 @@ fn lock(mutex: &Mutex<Queued>) -> MutexGuard<'_, Queued> {
 
 impl SpanQueue {
     /// Starts the batching task on `runtime`.
-    pub fn start(
+    pub(super) fn start(
         settings: BatchSettings,
         envelope: Envelope,
         exporter: TraceExporter,
@@ -161,7 +161,7 @@ impl SpanQueue {
 
     /// Queues one span, which `encode` writes (a `Span` message's fields); drops and
     /// counts it when the queue is full.
-    pub fn push(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+    pub(super) fn push(&self, encode: impl FnOnce(&mut Vec<u8>)) {
         let pushed = lock(&self.queued).push(self.queue_size, self.batch_size, encode);
         match pushed {
             Pushed::Queued => {}
@@ -171,7 +171,7 @@ impl SpanQueue {
     }
 
     /// Exports what is queued and stops the task, waiting at most until `deadline`.
-    pub fn shutdown(&self, deadline: Instant) -> bool {
+    pub(super) fn shutdown(&self, deadline: Instant) -> bool {
         let stop = self.stop.lock().ok().and_then(|mut stop| stop.take());
         let Some(stop) = stop else {
             return true;

@@ -17,7 +17,7 @@ use crate::metrics::{self, SseStreamGuard};
 /// How a stream ended: the `end` label of `edge_sse_streams_total`, the log's `stream_end`
 /// and the span's `edge.stream.end`. In the order of [`metrics::STREAM_ENDS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
+pub(crate) enum StreamEnd {
     /// The upstream's own clean end reached the client.
     Complete,
     ClientClosed,
@@ -31,13 +31,13 @@ pub enum StreamEnd {
 
 impl StreamEnd {
     /// The label value, one of [`metrics::STREAM_ENDS`].
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         metrics::STREAM_ENDS[self as usize]
     }
 
     /// What a failed request's error says of how its stream ended (Pingora's pipeline,
     /// whose `logging` gets the error, if any).
-    pub fn of(error: Option<&Error>) -> StreamEnd {
+    pub(crate) fn of(error: Option<&Error>) -> StreamEnd {
         let Some(e) = error else {
             return StreamEnd::Complete;
         };
@@ -50,7 +50,7 @@ impl StreamEnd {
 }
 
 /// Whether an answer is an SSE stream by its `Content-Type` (parameters and case aside).
-pub fn is_event_stream(headers: &HeaderMap) -> bool {
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         let media = v
             .as_bytes()
@@ -64,7 +64,7 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 /// One stream's state, from its answer's header to its end.
-pub struct Stream {
+pub(crate) struct Stream {
     /// When the first body byte went to the client.
     first_byte: Option<Instant>,
     events: EventScan,
@@ -77,7 +77,7 @@ pub struct Stream {
 
 impl Stream {
     /// A stream of the route labelled `route`; `event_stream` per [`is_event_stream`].
-    pub fn open(route: &str, event_stream: bool) -> Stream {
+    pub(crate) fn open(route: &str, event_stream: bool) -> Stream {
         Stream {
             first_byte: None,
             events: EventScan::default(),
@@ -89,7 +89,7 @@ impl Stream {
 
     /// Body bytes of the upstream's answer just written to the client (heartbeats are
     /// not: they are neither a first byte nor an event).
-    pub fn sent(&mut self, data: &[u8]) {
+    pub(crate) fn sent(&mut self, data: &[u8]) {
         if data.is_empty() {
             return;
         }
@@ -99,18 +99,18 @@ impl Stream {
         }
     }
 
-    pub fn is_event_stream(&self) -> bool {
+    pub(crate) fn is_event_stream(&self) -> bool {
         self.event_stream
     }
 
     /// Records how the stream ended; the first reason given is kept.
-    pub fn ended(&mut self, end: StreamEnd) {
+    pub(crate) fn ended(&mut self, end: StreamEnd) {
         self.end.get_or_insert(end);
     }
 
     /// What the log line, the metrics and the span report of a stream that began at
     /// `started` (the request's arrival).
-    pub fn report(&self, started: Instant) -> StreamReport {
+    pub(crate) fn report(&self, started: Instant) -> StreamReport {
         StreamReport {
             end: self.end.unwrap_or(StreamEnd::Complete),
             time_to_first_byte: self
@@ -123,7 +123,7 @@ impl Stream {
 
 /// A finished stream, as reported.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StreamReport {
+pub(crate) struct StreamReport {
     pub end: StreamEnd,
     /// `None` when no body byte reached the client.
     pub time_to_first_byte: Option<Duration>,
@@ -135,7 +135,7 @@ pub struct StreamReport {
 /// (`memchr`), no allocation; the state between pieces is two small words, so an event
 /// split across reads is counted once.
 #[derive(Debug, Default, Clone)]
-pub struct EventScan {
+pub(crate) struct EventScan {
     /// What the current (unfinished) line holds so far.
     line: Line,
     /// A line with content has been seen since the last event's end.
@@ -163,7 +163,7 @@ impl Line {
 }
 
 impl EventScan {
-    pub fn scan(&mut self, data: &[u8]) {
+    pub(crate) fn scan(&mut self, data: &[u8]) {
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', data) {
             let line = self.line.with(&data[start..end]);

@@ -23,7 +23,7 @@ use crate::config::OtlpProtocol;
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 #[derive(Debug)]
-pub struct TraceExporter {
+pub(super) struct TraceExporter {
     transport: Transport,
     timeout: Duration,
     /// `compression = "gzip"`: gRPC messages compressed by tonic (`grpc-encoding: gzip`),
@@ -33,7 +33,7 @@ pub struct TraceExporter {
 
 /// Why an export failed (its spans are lost).
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+pub(super) enum ExportError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
@@ -55,7 +55,7 @@ enum Transport {
 
 impl TraceExporter {
     /// Must run inside the telemetry runtime: the gRPC channel spawns its worker there.
-    pub fn new(settings: &OtlpSettings, runtime: &Handle) -> anyhow::Result<Self> {
+    pub(super) fn new(settings: &OtlpSettings, runtime: &Handle) -> anyhow::Result<Self> {
         let headers = env_headers(&|name| std::env::var(name).ok());
         let transport = match settings.protocol {
             OtlpProtocol::Grpc => {
@@ -111,7 +111,7 @@ impl TraceExporter {
     }
 
     /// Sends one encoded `ExportTraceServiceRequest`; must run on the telemetry runtime.
-    pub async fn export(&self, body: Vec<u8>) -> Result<(), ExportError> {
+    pub(super) async fn export(&self, body: Vec<u8>) -> Result<(), ExportError> {
         let send = self.transport.clone().send(Bytes::from(body), self.gzip);
         tokio::time::timeout(self.timeout, send)
             .await

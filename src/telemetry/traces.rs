@@ -28,12 +28,12 @@ use crate::metrics::Kept;
 use crate::otlp_wire::{Attributes, Naming, SpanHead, SpanKind};
 use crate::text::{self, IpText};
 
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// A span's identity as it is propagated (`traceparent` / `tracestate`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TraceContext {
+pub(crate) struct TraceContext {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub sampled: bool,
@@ -52,7 +52,7 @@ impl TraceContext {
 
     /// W3C `traceparent`: `00-<trace id>-<span id>-<flags>`, written without the formatting
     /// machinery (this runs for every proxied request).
-    pub fn traceparent(&self) -> HeaderValue {
+    pub(crate) fn traceparent(&self) -> HeaderValue {
         let mut value = [b'-'; 55];
         value[..2].copy_from_slice(b"00");
         text::put_hex(&mut value[3..35], &self.trace_id);
@@ -63,7 +63,7 @@ impl TraceContext {
     }
 
     /// `traceparent` and, when there is one, `tracestate`, for a request we send.
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+    pub(crate) fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut headers = Vec::with_capacity(2);
         headers.push((TRACEPARENT.clone(), self.traceparent()));
         if let Some(state) = &self.trace_state {
@@ -197,7 +197,7 @@ fn sampled_by_ratio(trace_id: &[u8; 16], ratio: f64) -> bool {
 /// The SERVER span of one proxied request. It starts with the request (the context's
 /// `started`): its start time is worked out from its end and the request's duration, one
 /// clock read fewer per request.
-pub struct ServerSpan {
+pub(crate) struct ServerSpan {
     context: TraceContext,
     /// The client's span, when it sent a valid `traceparent`.
     parent_span_id: Option<[u8; 8]>,
@@ -207,7 +207,7 @@ pub struct ServerSpan {
 }
 
 /// What the span says about its request, read when it ends.
-pub struct ServerRequest<'a> {
+pub(crate) struct ServerRequest<'a> {
     /// Name (`METHOD route`), kind, `http.request.method` and `http.route`, encoded once
     /// per route and method ([`super::metrics::RouteMetrics::span_naming`]).
     pub naming: &'a [u8],
@@ -229,7 +229,7 @@ pub struct ServerRequest<'a> {
 impl ServerSpan {
     /// Starts the span as a child of the request's `traceparent`, if any; without one,
     /// sampled at `sampling_ratio` (the request's config: a reload applies to new requests).
-    pub fn start(sampling_ratio: f64, headers: &HeaderMap) -> Self {
+    pub(crate) fn start(sampling_ratio: f64, headers: &HeaderMap) -> Self {
         let client = ClientTraceHeaders::of(headers);
         let parent = TraceContext::extract(&client);
         let (context, parent_span_id) = match parent {
@@ -256,20 +256,20 @@ impl ServerSpan {
         }
     }
 
-    pub fn context(&self) -> &TraceContext {
+    pub(crate) fn context(&self) -> &TraceContext {
         &self.context
     }
 
     /// Whether the upstream request carries a `tracestate` of the client's that ours must
     /// replace or remove.
-    pub fn client_sent_tracestate(&self) -> bool {
+    pub(crate) fn client_sent_tracestate(&self) -> bool {
         self.client_tracestate
     }
 
     /// Ends the span at `end`, `elapsed` after it started, and queues it for export when
     /// sampled, or when `keep` says the head sampler must be overruled (an error or slow
     /// request, [`super::keep`]); `keep` and `request` are only asked for when needed.
-    pub fn finish<'a>(
+    pub(crate) fn finish<'a>(
         self,
         otlp: &Otlp,
         (end, elapsed): (SystemTime, Duration),
@@ -350,7 +350,7 @@ fn span_head<'a>(
 }
 
 /// The CLIENT span of a forward-auth call; a no-op when tracing is off.
-pub struct AuthSpan<'a> {
+pub(crate) struct AuthSpan<'a> {
     span: Option<AuthCall<'a>>,
 }
 
@@ -366,7 +366,7 @@ struct AuthCall<'a> {
 /// Starts the auth call's span as a child of the request's SERVER span. Send
 /// [`AuthSpan::headers`] with the auth request and call [`AuthSpan::finish`] with the
 /// outcome.
-pub fn auth_span<'a>(
+pub(crate) fn auth_span<'a>(
     server: Option<&ServerSpan>,
     auth_name: &'a str,
     auth_path: &'a str,
@@ -388,7 +388,7 @@ pub fn auth_span<'a>(
 
 impl AuthSpan<'_> {
     /// `traceparent` / `tracestate` of this span for the auth request (empty when off).
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+    pub(crate) fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         self.span
             .as_ref()
             .map(|s| s.context.headers())
@@ -396,7 +396,7 @@ impl AuthSpan<'_> {
     }
 
     /// Ends the span: `status` is the auth service's answer, `None` when there was none.
-    pub fn finish(self, result: AuthResult, status: Option<u16>) {
+    pub(crate) fn finish(self, result: AuthResult, status: Option<u16>) {
         let Some(call) = self.span.filter(|s| s.context.sampled) else {
             return;
         };

@@ -105,14 +105,14 @@ fn env_value(environment: &Value, key: &str) -> Option<String> {
 }
 
 fn seconds(duration: &str) -> u64 {
-    astron_edge::config::parse_duration(duration)
+    astron_edge::parse_duration(duration)
         .unwrap_or_else(|e| panic!("{duration}: {e}"))
         .as_secs()
 }
 
 /// `grace_period` of a config text, through the real parser.
 fn grace_period(config: &str) -> u64 {
-    astron_edge::config::parse(Path::new("inline.toml"), config)
+    astron_edge::parse_config(Path::new("inline.toml"), config)
         .expect("valid config")
         .server
         .grace_period

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use astron_edge::metrics::METRIC_NAMES;
+use astron_edge::METRIC_NAMES;
 
 fn observability(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

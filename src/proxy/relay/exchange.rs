@@ -28,7 +28,7 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 const FIRST_READ: usize = 4096;
 
 /// The upstream's answer, up to its body.
-pub struct Answer {
+pub(super) struct Answer {
     pub header: ResponseHeader,
     pub incoming: Incoming,
     /// Body bytes that came with the header.
@@ -38,7 +38,7 @@ pub struct Answer {
 }
 
 /// The request's header as it goes on the wire.
-pub fn header_wire(request: &RequestHeader) -> Result<bytes::BytesMut> {
+pub(super) fn header_wire(request: &RequestHeader) -> Result<bytes::BytesMut> {
     http_req_header_to_wire(request).ok_or_else(|| {
         Error::explain(
             ErrorType::InvalidHTTPHeader,
@@ -49,7 +49,7 @@ pub fn header_wire(request: &RequestHeader) -> Result<bytes::BytesMut> {
 }
 
 /// How the request body goes upstream: its `Content-Length`, or chunks of ours.
-pub fn request_framing(request: &RequestHeader) -> Outgoing {
+pub(super) fn request_framing(request: &RequestHeader) -> Outgoing {
     if request.headers.contains_key(header::CONTENT_LENGTH) {
         Outgoing::Length
     } else {
@@ -58,7 +58,7 @@ pub fn request_framing(request: &RequestHeader) -> Outgoing {
 }
 
 /// Reads the answer's header, past any interim (1xx) answers, as nginx does not relay them.
-pub async fn read_answer(
+pub(super) async fn read_answer(
     upstream: &mut Stream,
     request: &RequestHeader,
     timeout: Option<Duration>,
@@ -120,7 +120,7 @@ pub async fn read_answer(
     }
 }
 
-pub fn framing_error(e: FramingError) -> Box<Error> {
+pub(super) fn framing_error(e: FramingError) -> Box<Error> {
     Error::because(ErrorType::InvalidHTTPHeader, "upstream answer", e).into_up()
 }
 

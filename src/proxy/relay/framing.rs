@@ -11,7 +11,7 @@ use pingora::http::ResponseHeader;
 const MAX_LINE: usize = 4096;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FramingError {
+pub(super) enum FramingError {
     #[error("invalid Content-Length in the upstream answer")]
     ContentLength,
     #[error("invalid chunk size in the upstream answer")]
@@ -24,7 +24,7 @@ pub enum FramingError {
 
 /// How the upstream delimits its answer's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Incoming {
+pub(super) enum Incoming {
     /// No body: a `HEAD` request, or a 1xx, 204 or 304 answer.
     Empty,
     Length(u64),
@@ -35,7 +35,7 @@ pub enum Incoming {
 
 impl Incoming {
     /// RFC 9112 §6.3, for the answer with `status` and `headers` to a `method` request.
-    pub fn of(
+    pub(super) fn of(
         method: &Method,
         status: StatusCode,
         headers: &HeaderMap,
@@ -88,7 +88,7 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 
 /// How the client gets the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outgoing {
+pub(super) enum Outgoing {
     Empty,
     /// The upstream's `Content-Length`, bytes as they come.
     Length,
@@ -99,7 +99,11 @@ pub enum Outgoing {
 
 impl Outgoing {
     /// The client's framing for an `incoming` body, with the headers that announce it.
-    pub fn choose(incoming: Incoming, client: Version, answer: &mut ResponseHeader) -> Outgoing {
+    pub(super) fn choose(
+        incoming: Incoming,
+        client: Version,
+        answer: &mut ResponseHeader,
+    ) -> Outgoing {
         let outgoing = match incoming {
             Incoming::Empty => return Outgoing::Empty,
             Incoming::Length(_) => return Outgoing::Length,
@@ -119,7 +123,7 @@ impl Outgoing {
     }
 
     /// Appends `data` framed for the client.
-    pub fn encode(self, data: &[u8], out: &mut Vec<u8>) {
+    pub(super) fn encode(self, data: &[u8], out: &mut Vec<u8>) {
         if data.is_empty() {
             return; // an empty chunk would end a chunked body
         }
@@ -136,7 +140,7 @@ impl Outgoing {
     }
 
     /// What ends the body: the last chunk; nothing for the other framings.
-    pub fn end(self) -> &'static [u8] {
+    pub(super) fn end(self) -> &'static [u8] {
         match self {
             Outgoing::Chunked => b"0\r\n\r\n",
             _ => b"",
@@ -160,7 +164,7 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 /// Takes the upstream's body apart as bytes arrive, in any pieces: the data, and where it
 /// ends. Between reads it keeps a few words (and a line split across reads, if any).
 #[derive(Debug)]
-pub struct BodyDecoder {
+pub(super) struct BodyDecoder {
     state: State,
     /// A chunk-size or trailer line split across reads; empty (unallocated) otherwise.
     line: Vec<u8>,
@@ -181,7 +185,7 @@ enum State {
 }
 
 impl BodyDecoder {
-    pub fn new(incoming: Incoming) -> BodyDecoder {
+    pub(super) fn new(incoming: Incoming) -> BodyDecoder {
         let state = match incoming {
             Incoming::Empty | Incoming::Length(0) => State::Done,
             Incoming::Length(n) => State::Length(n),
@@ -196,22 +200,22 @@ impl BodyDecoder {
     }
 
     /// Whether the whole body has been seen.
-    pub fn is_done(&self) -> bool {
+    pub(super) fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
     /// Whether the upstream closing now ends the body as it should (rather than cutting it).
-    pub fn ends_at_close(&self) -> bool {
+    pub(super) fn ends_at_close(&self) -> bool {
         matches!(self.state, State::UntilClose | State::Done)
     }
 
     /// Whether the connection can carry the next request: the body ended where it said.
-    pub fn reusable(&self) -> bool {
+    pub(super) fn reusable(&self) -> bool {
         self.is_done() && !self.overread
     }
 
     /// Feeds the bytes just read, handing each run of body data to `data`.
-    pub fn decode(
+    pub(super) fn decode(
         &mut self,
         mut input: &[u8],
         data: &mut dyn FnMut(&[u8]),

@@ -55,7 +55,7 @@ use framing::{BodyDecoder, Incoming, Outgoing};
 use pump::{End, Pump};
 
 /// Whether the request, just past `request_filter`, is relayed off Pingora's pipeline.
-pub fn detachable(session: &Session, ctx: &RequestCtx) -> bool {
+pub(super) fn detachable(session: &Session, ctx: &RequestCtx) -> bool {
     let downstream = session.as_downstream();
     ctx.proxy_route().is_some_and(|r| r.sse)
         && ctx.snapshot.config.server.sse_relay
@@ -69,7 +69,7 @@ pub fn detachable(session: &Session, ctx: &RequestCtx) -> bool {
 /// Takes the downstream session and the request's context out of Pingora's pipeline and
 /// spawns their relay. What is left behind is a closed placeholder, so that Pingora's
 /// pipeline ends at once without answering, logging or reusing anything.
-pub fn detach(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) {
+pub(super) fn detach(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) {
     // Boxed: the relay task keeps what it was spawned with for its whole life, and the
     // session is taken apart once the answer's header is sent.
     let mut relayed = Box::new(Session::new_h1(closed_stream()));

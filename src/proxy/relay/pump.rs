@@ -25,7 +25,7 @@ use super::framing::{BodyDecoder, Outgoing};
 const READ_SIZE: usize = 16 * 1024;
 
 /// The two ends of a stream whose answer header the client already has.
-pub struct Pump {
+pub(super) struct Pump {
     pub client: Stream,
     pub upstream: Stream,
     pub decoder: BodyDecoder,
@@ -44,7 +44,7 @@ pub struct Pump {
 const HEARTBEAT: &[u8] = b":\n\n";
 
 /// How a stream ended.
-pub enum End {
+pub(super) enum End {
     /// The upstream's body is complete and so is the client's.
     Finished,
     /// Nothing came within the route's `timeout`: the client's connection is closed
@@ -74,7 +74,7 @@ enum Event {
 impl Pump {
     /// Relays until the stream ends, starting with the body bytes `preread` with the answer's
     /// header.
-    pub async fn run(&mut self, preread: Bytes) -> End {
+    pub(super) async fn run(&mut self, preread: Bytes) -> End {
         let idle_timer = tokio::time::sleep(self.idle.unwrap_or(Duration::MAX));
         tokio::pin!(idle_timer);
         // Boxed, and only with heartbeats on: a held stream without them keeps no timer.

@@ -15,7 +15,7 @@ use toml::{Table, Value};
 /// A whole config but `[server]`'s listener, which [`crate::common::Proxy`] adds. The
 /// access log is off unless a test sets `access_log.path`.
 #[derive(Clone)]
-pub struct TestConfig {
+pub(crate) struct TestConfig {
     table: Table,
     routes: Vec<Value>,
 }
@@ -27,7 +27,7 @@ impl Default for TestConfig {
 }
 
 impl TestConfig {
-    pub fn new() -> TestConfig {
+    pub(crate) fn new() -> TestConfig {
         TestConfig {
             table: Table::new(),
             routes: Vec::new(),
@@ -37,13 +37,13 @@ impl TestConfig {
 
     /// Sets a key by its dotted path (`"gzip.min_length"`, `"server.client_max_body_size"`),
     /// creating the tables on the way.
-    pub fn set(mut self, dotted: &str, value: impl Into<Value>) -> TestConfig {
+    pub(crate) fn set(mut self, dotted: &str, value: impl Into<Value>) -> TestConfig {
         set_dotted(&mut self.table, dotted, value.into());
         self
     }
 
     /// `[upstreams.NAME]` with these servers (`host:port` or a `SocketAddr`).
-    pub fn upstream<A: Display>(
+    pub(crate) fn upstream<A: Display>(
         self,
         name: &str,
         servers: impl IntoIterator<Item = A>,
@@ -55,12 +55,12 @@ impl TestConfig {
         self.set(&format!("upstreams.{name}.servers"), servers)
     }
 
-    pub fn route(mut self, route: Route) -> TestConfig {
+    pub(crate) fn route(mut self, route: Route) -> TestConfig {
         self.routes.push(Value::Table(route.0));
         self
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut table = self.table.clone();
         if !self.routes.is_empty() {
             table.insert("routes".into(), Value::Array(self.routes.clone()));
@@ -70,7 +70,7 @@ impl TestConfig {
 }
 
 /// One `[[routes]]` entry.
-pub struct Route(Table);
+pub(crate) struct Route(Table);
 
 impl Route {
     fn matcher(name: &str, kind: &str, path: &str) -> Route {
@@ -80,20 +80,20 @@ impl Route {
         Route(table)
     }
 
-    pub fn prefix(name: &str, path: &str) -> Route {
+    pub(crate) fn prefix(name: &str, path: &str) -> Route {
         Route::matcher(name, "prefix", path)
     }
 
-    pub fn exact(name: &str, path: &str) -> Route {
+    pub(crate) fn exact(name: &str, path: &str) -> Route {
         Route::matcher(name, "exact", path)
     }
 
     /// Proxies to the upstream `name`.
-    pub fn to(self, upstream: &str) -> Route {
+    pub(crate) fn to(self, upstream: &str) -> Route {
         self.set("upstream", upstream)
     }
 
-    pub fn set(mut self, key: &str, value: impl Into<Value>) -> Route {
+    pub(crate) fn set(mut self, key: &str, value: impl Into<Value>) -> Route {
         set_dotted(&mut self.0, key, value.into());
         self
     }

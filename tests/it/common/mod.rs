@@ -23,15 +23,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 mod config;
-pub use config::{Route, TestConfig};
+pub(crate) use config::{Route, TestConfig};
 
-pub type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 type BoxFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 type Handler = Arc<dyn Fn(Recorded) -> BoxFuture + Send + Sync>;
 
 /// A request as the test backend received it (body read in full).
 #[derive(Debug, Clone)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub method: String,
     /// Path and query exactly as received on the request line.
     pub uri: String,
@@ -40,16 +40,16 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-pub fn full(body: impl Into<Bytes>) -> Body {
+pub(crate) fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).boxed()
 }
 
-pub fn text_response(status: u16, body: &str) -> Response<Body> {
+pub(crate) fn text_response(status: u16, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain")
@@ -59,7 +59,7 @@ pub fn text_response(status: u16, body: &str) -> Response<Body> {
 
 /// A streaming body fed through a channel; `send` fails once the client has gone
 /// (hyper drops the body, and with it the receiver).
-pub fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
+pub(crate) fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -70,7 +70,7 @@ pub fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
 }
 
 /// A real HTTP/1.1 server on 127.0.0.1 that records every request.
-pub struct Backend {
+pub(crate) struct Backend {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
@@ -79,14 +79,14 @@ pub struct Backend {
 
 impl Backend {
     /// Answers 200 with `path=<uri>` for everything.
-    pub async fn echo() -> Backend {
+    pub(crate) async fn echo() -> Backend {
         Backend::start(
             |req: Recorded| async move { text_response(200, &format!("path={}", req.uri)) },
         )
         .await
     }
 
-    pub async fn start<F, Fut>(handler: F) -> Backend
+    pub(crate) async fn start<F, Fut>(handler: F) -> Backend
     where
         F: Fn(Recorded) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -109,7 +109,7 @@ impl Backend {
     }
 
     /// Serves on an already bound listener (for "the upstream starts later" tests).
-    pub fn serve<F, Fut>(listener: TcpListener, handler: F) -> Backend
+    pub(crate) fn serve<F, Fut>(listener: TcpListener, handler: F) -> Backend
     where
         F: Fn(Recorded) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -163,20 +163,20 @@ impl Backend {
         }
     }
 
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().expect("lock").clone()
     }
 
     /// TCP connections accepted so far (to check keep-alive reuse).
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.requests.lock().expect("lock").len()
     }
 
-    pub fn last(&self) -> Recorded {
+    pub(crate) fn last(&self) -> Recorded {
         self.requests().pop().expect("the backend saw a request")
     }
 }
@@ -189,7 +189,7 @@ impl Drop for Backend {
 
 /// A port nothing listens on (bound once by the OS, then released). Never the same port
 /// twice in one test binary: parallel tests must not get each other's listen and metrics ports.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut handed_out = HANDED_OUT.lock().expect("lock");
     loop {
@@ -205,32 +205,32 @@ pub fn free_port() -> u16 {
 }
 
 /// The real proxy binary, started on a config written for the test.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     child: Child,
     dir: tempfile::TempDir,
     pub config_path: PathBuf,
 }
 
-pub fn binary() -> &'static str {
+pub(crate) fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_astron-edge")
 }
 
 impl Proxy {
     /// Starts the proxy with `body` appended to a `[server]` table on a free port; waits
     /// (bounded) until `/health` answers.
-    pub fn start(body: &str) -> Proxy {
+    pub(crate) fn start(body: &str) -> Proxy {
         Proxy::start_with_env(body, &[])
     }
 
     /// [`Proxy::start`] with `server.sse_relay` set: SSE routes relayed off Pingora's
     /// pipeline (`true`, the default) or left in it.
-    pub fn start_on(relay: bool, body: &str) -> Proxy {
+    pub(crate) fn start_on(relay: bool, body: &str) -> Proxy {
         Proxy::start(&format!("sse_relay = {relay}\n{body}"))
     }
 
     /// Starts `config` with a listener on a free port, 2 threads and a 2 s grace period.
-    pub fn with(config: &TestConfig) -> Proxy {
+    pub(crate) fn with(config: &TestConfig) -> Proxy {
         Proxy::start_on_free_port(
             |port| {
                 let config = config
@@ -244,7 +244,7 @@ impl Proxy {
         )
     }
 
-    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Proxy {
+    pub(crate) fn start_with_env(body: &str, env: &[(&str, &str)]) -> Proxy {
         Proxy::start_on_free_port(
             |port| {
                 let config = format!(
@@ -279,7 +279,7 @@ impl Proxy {
 
     /// Starts the shipped `conf/astron-edge.toml` on a free port, its metrics listener on
     /// another, access log off; `env` adds or overrides variables (the `*_ADDR` upstreams).
-    pub fn shipped(env: &[(&str, &str)]) -> Proxy {
+    pub(crate) fn shipped(env: &[(&str, &str)]) -> Proxy {
         let config = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/conf/astron-edge.toml"
@@ -299,7 +299,7 @@ impl Proxy {
     }
 
     /// The shipped config with every upstream on one backend.
-    pub fn shipped_on(backend: &Backend) -> Proxy {
+    pub(crate) fn shipped_on(backend: &Backend) -> Proxy {
         let addr = backend.addr.to_string();
         Proxy::shipped(&[
             ("CONSOLE_FRONTEND_ADDR", &addr),
@@ -310,12 +310,17 @@ impl Proxy {
     }
 
     /// Starts with a complete config whose listener is `127.0.0.1:{port}`.
-    pub fn start_raw(config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
+    pub(crate) fn start_raw(config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
         Proxy::start_named("astron-edge.toml", config, port, env)
     }
 
     /// [`Proxy::start_raw`] with the config written as `file_name` (`nginx.conf`: nginx syntax).
-    pub fn start_named(file_name: &str, config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
+    pub(crate) fn start_named(
+        file_name: &str,
+        config: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         Proxy::try_start_raw(file_name, config, port, env, None)
             .unwrap_or_else(|stderr| panic!("astron-edge did not start: {stderr}"))
     }
@@ -325,7 +330,7 @@ impl Proxy {
     /// so a test can make a name resolve mid-test by appending to it, without touching the
     /// machine's file. `None` (the test skips) where namespaces are not allowed; under CI
     /// that fails the test instead.
-    pub fn start_with_hosts(config: &TestConfig, hosts: &Path) -> Option<Proxy> {
+    pub(crate) fn start_with_hosts(config: &TestConfig, hosts: &Path) -> Option<Proxy> {
         let allowed = Command::new("unshare")
             .args(["-m", "true"])
             .stderr(Stdio::null())
@@ -418,7 +423,7 @@ impl Proxy {
 
     /// Waits (up to 2 s) for an ERROR line of the proxy's that names every one of `names`
     /// (a route and its upstream, say).
-    pub async fn logged_error(&self, names: &[&str]) -> bool {
+    pub(crate) async fn logged_error(&self, names: &[&str]) -> bool {
         wait_until(Duration::from_secs(2), || {
             self.stderr()
                 .lines()
@@ -427,28 +432,28 @@ impl Proxy {
         .await
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits (bounded) for the process to exit; `None` if it is still running.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -459,7 +464,7 @@ impl Proxy {
         None
     }
 
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
@@ -477,22 +482,22 @@ impl Drop for Proxy {
 }
 
 /// A response read in full: status, headers, raw (never decompressed) body.
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub body: Vec<u8>,
 }
 
 impl Fetched {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    pub fn x_cache(&self) -> Option<&str> {
+    pub(crate) fn x_cache(&self) -> Option<&str> {
         self.header("x-cache")
     }
 
-    pub fn gunzip(&self) -> Vec<u8> {
+    pub(crate) fn gunzip(&self) -> Vec<u8> {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&self.body[..])
             .read_to_end(&mut out)
@@ -502,7 +507,12 @@ impl Fetched {
 }
 
 /// `method path` through the proxy with extra request headers, read in full.
-pub async fn fetch(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Fetched {
+pub(crate) async fn fetch(
+    proxy: &Proxy,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Fetched {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let mut req = client().request(method, proxy.url(path));
     for (k, v) in headers {
@@ -517,7 +527,7 @@ pub async fn fetch(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &s
 }
 
 /// An HTTP client that never decompresses, follows no redirect and uses no proxy.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -527,7 +537,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Sends raw bytes and reads the whole answer until the server closes (or 5 s pass).
-pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+pub(crate) async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
@@ -537,7 +547,7 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
 }
 
 /// Status of a `GET path` with `Connection: close`, `None` when nothing answered.
-pub fn raw_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+pub(crate) fn raw_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
@@ -556,7 +566,7 @@ pub fn raw_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 /// Polls `check` until it is true or `within` passes.
-pub async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if check() {
@@ -569,7 +579,7 @@ pub async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bo
 
 /// A raw TCP upstream on 127.0.0.1, for answers no HTTP server library would give:
 /// `serve` runs on each connection it accepts.
-pub async fn raw_upstream<F, Fut>(serve: F) -> std::net::SocketAddr
+pub(crate) async fn raw_upstream<F, Fut>(serve: F) -> std::net::SocketAddr
 where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -587,7 +597,7 @@ where
 }
 
 /// One SSE route `name` to the upstream at `addr`, with a 30 s timeout.
-pub fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
+pub(crate) fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
     TestConfig::new()
         .upstream("workflow", [addr])
         .route(
@@ -602,7 +612,7 @@ pub fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
 /// An external tool the test needs (`promtool`, `prometheus`, `nginx`): its path, or `None`
 /// with a line saying the test skipped. Under CI (`CI` set, as `.ci/run` does, which installs
 /// every tool) a missing tool fails the test instead: no silent skip where it counts.
-pub fn tool(name: &str, candidates: &[&'static str]) -> Option<&'static str> {
+pub(crate) fn tool(name: &str, candidates: &[&'static str]) -> Option<&'static str> {
     let found = candidates
         .iter()
         .copied()
