@@ -505,17 +505,21 @@ async fn metrics_arrive_under_the_semantic_convention_names() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_protobuf_export_and_environment_overrides() {
-    // An OTLP/HTTP receiver: a plain HTTP server that records the protobuf bodies.
-    let receiver = Backend::start(|_| async {
+/// An OTLP/HTTP receiver: a plain HTTP server that records the protobuf bodies it is sent.
+async fn otlp_http_receiver() -> Backend {
+    Backend::start(|_| async {
         hyper::Response::builder()
             .status(200)
             .header("content-type", "application/x-protobuf")
             .body(common::full(Vec::new()))
             .expect("response")
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_and_environment_overrides() {
+    let receiver = otlp_http_receiver().await;
     let app = Backend::echo().await;
     // The table says off and points elsewhere: the environment turns it on and redirects.
     let table = format!(
@@ -936,14 +940,7 @@ async fn grpc_export_is_gzip_compressed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_export_is_gzip_compressed_from_the_environment() {
     use std::io::Read as _;
-    let receiver = Backend::start(|_| async {
-        hyper::Response::builder()
-            .status(200)
-            .header("content-type", "application/x-protobuf")
-            .body(common::full(Vec::new()))
-            .expect("response")
-    })
-    .await;
+    let receiver = otlp_http_receiver().await;
     let app = Backend::echo().await;
     let table = format!(
         r#"
