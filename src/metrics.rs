@@ -511,9 +511,9 @@ impl RouteMetrics {
     }
 
     /// Counts a request in `edge_http_requests_in_flight` until the guard drops.
-    pub(crate) fn enter(self: Arc<Self>) -> InFlight {
+    pub(crate) fn enter(self: Arc<Self>) -> InFlightGauge {
         self.in_flight.inc();
-        InFlight(self)
+        InFlightGauge(self)
     }
 
     /// Counts one answered request.
@@ -595,16 +595,16 @@ fn duration_attributes(
 
 /// A request in flight on a route; a guard, so that a request that ends in an unusual
 /// way (its context dropped without the logging phase) still leaves the gauge.
-pub(crate) struct InFlight(Arc<RouteMetrics>);
+pub(crate) struct InFlightGauge(Arc<RouteMetrics>);
 
-impl InFlight {
+impl InFlightGauge {
     #[cfg(test)]
     pub(crate) fn route(&self) -> &Arc<RouteMetrics> {
         &self.0
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlightGauge {
     fn drop(&mut self) {
         self.0.in_flight.dec();
     }

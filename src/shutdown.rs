@@ -9,7 +9,7 @@
 //!    [`Lifecycle::wrap`]), fired here, so pingora closes the listening sockets (new
 //!    connections are refused) and idle keep-alive connections, and lets running requests
 //!    go on;
-//! 2. waits until no request is in flight ([`InFlight`], held by every request context for
+//! 2. waits until no request is in flight ([`RunningRequest`], held by every request context for
 //!    its whole life, SSE streams included), or until `server.grace_period` of the config
 //!    running at that moment is over;
 //! 3. then asks pingora for its immediate stop: whatever still runs (a stream longer than
@@ -58,12 +58,12 @@ pub(crate) fn grace_over() -> watch::Receiver<bool> {
 /// Counts one request from its context's creation to its drop. A process-wide counter:
 /// a process runs one server, and a static keeps the request path free of any lookup.
 #[derive(Debug)]
-pub(crate) struct InFlight(());
+pub(crate) struct RunningRequest(());
 
-impl InFlight {
-    pub(crate) fn enter() -> InFlight {
+impl RunningRequest {
+    pub(crate) fn enter() -> RunningRequest {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        InFlight(())
+        RunningRequest(())
     }
 
     /// Requests currently in flight.
@@ -72,7 +72,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for RunningRequest {
     fn drop(&mut self) {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
@@ -122,14 +122,14 @@ impl Lifecycle {
         let grace = self.state.load().config.server.grace_period;
         let started = Instant::now();
         tracing::info!(
-            in_flight = InFlight::count(),
+            in_flight = RunningRequest::count(),
             grace_period = ?grace,
             "SIGTERM: no longer accepting connections, letting running requests finish"
         );
         self.stop_accepting.send_replace(true);
         let deadline = started + grace;
         loop {
-            let left = InFlight::count();
+            let left = RunningRequest::count();
             if left == 0 {
                 tracing::info!(after = ?started.elapsed(), "all requests finished; stopping");
                 return ShutdownSignal::FastShutdown;
@@ -141,7 +141,7 @@ impl Lifecycle {
                 );
                 GRACE_OVER.send_replace(true);
                 let reported = Instant::now() + CUT_REPORT_WAIT;
-                while InFlight::count() > 0 && Instant::now() < reported {
+                while RunningRequest::count() > 0 && Instant::now() < reported {
                     tokio::time::sleep(DRAIN_POLL).await;
                 }
                 return ShutdownSignal::FastShutdown;

@@ -171,10 +171,10 @@ fn cache_key(req: &RequestHeader, normalized_path: &str) -> String {
 pub(crate) struct Capture {
     key: String,
     store: Arc<Store>,
-    pending: Option<Pending>,
+    pending: Option<CapturedBody>,
 }
 
-struct Pending {
+struct CapturedBody {
     head: ResponseHeader,
     body: BytesMut,
     expected: Option<usize>,
@@ -220,7 +220,7 @@ impl Capture {
             }
         }
         let expected = expected.and_then(|len| usize::try_from(len).ok());
-        self.pending = Some(Pending {
+        self.pending = Some(CapturedBody {
             head,
             body: BytesMut::with_capacity(expected.unwrap_or(0)),
             expected,

@@ -33,7 +33,7 @@ pub(crate) struct RequestCtx {
     /// Status of an answer the proxy wrote itself (local, error).
     pub local_status: Option<u16>,
     /// Counts the request as running until the context drops, for the SIGTERM drain.
-    _in_flight: crate::shutdown::InFlight,
+    _in_flight: crate::shutdown::RunningRequest,
     /// The gzip encoder of a response being compressed.
     pub gzip: Option<Box<crate::compress::GzipStream>>,
     /// A missed asset-cache lookup: the response may be captured and stored.
@@ -69,7 +69,7 @@ impl RequestCtx {
             peer: None,
             request_body_bytes: 0,
             local_status: None,
-            _in_flight: crate::shutdown::InFlight::enter(),
+            _in_flight: crate::shutdown::RunningRequest::enter(),
             gzip: None,
             asset: None,
             telemetry: Default::default(),

@@ -53,7 +53,7 @@ const KEEP_SCRATCH_CAPACITY: usize = 16 * 1024;
 const KEEP_BATCH_CAPACITY: usize = 1024 * 1024;
 
 /// Everything one line says, borrowed from the finished request.
-pub(crate) struct Entry<'a> {
+pub(crate) struct LogEntry<'a> {
     pub remote_addr: Option<&'a IpText>,
     /// The raw `Authorization` header, for `$remote_user` (Basic auth).
     pub authorization: Option<&'a [u8]>,
@@ -79,7 +79,7 @@ pub(crate) struct Entry<'a> {
 }
 
 /// Formats one line, newline included.
-fn format_line(out: &mut Vec<u8>, format: LogFormat, entry: &Entry<'_>, now: SystemTime) {
+fn format_line(out: &mut Vec<u8>, format: LogFormat, entry: &LogEntry<'_>, now: SystemTime) {
     match format {
         LogFormat::Main => format_main(out, entry, now),
         LogFormat::Json => format_json(out, entry, now),
@@ -90,7 +90,7 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, entry: &Entry<'_>, now: Sys
 /// nginx `log_format main`:
 /// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
 /// "$http_referer" "$http_user_agent" "$http_x_forwarded_for"`.
-fn format_main(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
+fn format_main(out: &mut Vec<u8>, e: &LogEntry<'_>, now: SystemTime) {
     match e.remote_addr {
         Some(ip) => out.extend_from_slice(ip.as_bytes()),
         None => out.push(b'-'),
@@ -123,7 +123,7 @@ fn format_main(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
 }
 
 /// One JSON object with the SPEC §4 fields; absent values are `null`.
-fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
+fn format_json(out: &mut Vec<u8>, e: &LogEntry<'_>, now: SystemTime) {
     let (path, query) = match e.target.iter().position(|&b| b == b'?') {
         Some(i) => (&e.target[..i], &e.target[i + 1..]),
         None => (e.target, &[][..]),
@@ -310,7 +310,7 @@ fn with_times(now: SystemTime, f: impl FnOnce(&str, &str)) {
 
 /// Lines waiting for the writer, and what else it is asked to do.
 #[derive(Default)]
-struct Pending {
+struct LineQueue {
     /// Whole lines, newlines included, in the order they were queued.
     bytes: Vec<u8>,
     lines: usize,
@@ -332,7 +332,7 @@ struct Segment {
     snapshot: Arc<Snapshot>,
 }
 
-/// What [`Pending::append`] did with a line.
+/// What [`LineQueue::append`] did with a line.
 #[derive(Debug, PartialEq)]
 enum Appended {
     /// The first line since the writer took the last batch: it may be parked.
@@ -342,7 +342,7 @@ enum Appended {
     Dropped,
 }
 
-impl Pending {
+impl LineQueue {
     /// Appends a line formatted under `snapshot`; a new segment starts when it is not
     /// the config of the previous line (an `Arc` clone per batch and per reload).
     fn append(&mut self, line: &[u8], snapshot: &Arc<Snapshot>) -> Appended {
@@ -377,13 +377,13 @@ impl Pending {
 /// The handle of the access-log writer.
 pub(crate) struct AccessLog {
     state: SharedState,
-    pending: Arc<Mutex<Pending>>,
+    pending: Arc<Mutex<LineQueue>>,
     writer: Thread,
 }
 
 /// The lock is only ever held to append or take bytes, never while formatting or writing,
 /// so a panic cannot leave a line half-written in it.
-fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+fn lock(pending: &Mutex<LineQueue>) -> MutexGuard<'_, LineQueue> {
     pending.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -397,7 +397,7 @@ impl AccessLog {
     /// Starts the writer thread. It follows `access_log.path` of the live config, so a
     /// reload that changes it takes effect with the next batch.
     pub(crate) fn start(state: SharedState) -> io::Result<AccessLog> {
-        let pending = Arc::new(Mutex::new(Pending::default()));
+        let pending = Arc::new(Mutex::new(LineQueue::default()));
         let output = Output::open(&state.load().config.access_log.target);
         let writer = Writer {
             state: state.clone(),
@@ -420,7 +420,7 @@ impl AccessLog {
 
     /// Formats `entry` in the live config's format and queues the line, tagged with that
     /// config; never waits. A full queue drops the line and counts it.
-    pub(crate) fn log(&self, entry: &Entry<'_>, now: SystemTime) {
+    pub(crate) fn log(&self, entry: &LogEntry<'_>, now: SystemTime) {
         let live = self.state.load_full();
         let config = &live.config.access_log;
         if config.target == LogTarget::Off {
@@ -473,7 +473,7 @@ impl Drop for AccessLog {
 
 struct Writer {
     state: SharedState,
-    pending: Arc<Mutex<Pending>>,
+    pending: Arc<Mutex<LineQueue>>,
 }
 
 impl Writer {
@@ -681,8 +681,8 @@ mod tests {
 
     static CLIENT: LazyLock<IpText> = LazyLock::new(|| IpText::new([10, 1, 2, 3].into()));
 
-    fn entry<'a>() -> Entry<'a> {
-        Entry {
+    fn entry<'a>() -> LogEntry<'a> {
+        LogEntry {
             remote_addr: Some(&CLIENT),
             authorization: None,
             method: "GET",
@@ -703,7 +703,7 @@ mod tests {
         }
     }
 
-    fn text_line(format: LogFormat, entry: &Entry<'_>, now: SystemTime) -> String {
+    fn text_line(format: LogFormat, entry: &LogEntry<'_>, now: SystemTime) -> String {
         let mut line = Vec::new();
         format_line(&mut line, format, entry, now);
         String::from_utf8(line).expect("UTF-8")
@@ -821,7 +821,7 @@ mod tests {
     #[test]
     fn the_queue_is_bounded_in_lines_and_bytes() {
         let snapshot = state_logging_to("off").load_full();
-        let mut pending = Pending::default();
+        let mut pending = LineQueue::default();
         assert_eq!(pending.append(b"a\n", &snapshot), Appended::First);
         assert_eq!(pending.append(b"b\n", &snapshot), Appended::More);
         for _ in 2..QUEUE_LINES {
@@ -831,7 +831,7 @@ mod tests {
         assert_eq!(pending.lines, QUEUE_LINES);
         assert!(pending.bytes.starts_with(b"a\nb\nc\n"));
 
-        let mut pending = Pending::default();
+        let mut pending = LineQueue::default();
         let long = vec![b'x'; QUEUE_BYTES / 2];
         assert_eq!(pending.append(&long, &snapshot), Appended::First);
         assert_eq!(pending.append(&long, &snapshot), Appended::More);

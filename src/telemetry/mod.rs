@@ -40,11 +40,11 @@ use pingora::proxy::Session;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::client::{client_ip, X_FORWARDED_FOR};
-use crate::metrics::{self, InFlight, MethodLabel, RouteMetrics, UpstreamMetrics};
+use crate::metrics::{self, InFlightGauge, MethodLabel, RouteMetrics, UpstreamMetrics};
 use crate::state::{SharedState, Snapshot};
 use crate::text::IpText;
 use crate::upstream::Upstream;
-use access_log::{AccessLog, Entry};
+use access_log::{AccessLog, LogEntry};
 use otlp::Otlp;
 use traces::{ServerRequest, ServerSpan, TRACESTATE};
 
@@ -148,7 +148,7 @@ pub(crate) struct RequestTelemetry {
     /// The route's handles, set by [`request_started`] when metrics or traces are on.
     route: Option<Arc<RouteMetrics>>,
     /// Counted in `edge_http_requests_in_flight` (Prometheus on) until dropped.
-    in_flight: Option<InFlight>,
+    in_flight: Option<InFlightGauge>,
     /// The answer is a stream (see [`stream`]): its state until the request ends.
     stream: Option<Box<Stream>>,
     /// The client's address, looked up once.
@@ -587,7 +587,7 @@ fn write_log_line(
     access_log: &AccessLog,
 ) {
     let headers = parts.headers;
-    let entry = Entry {
+    let entry = LogEntry {
         remote_addr: parts.client,
         authorization: headers.authorization,
         method: req.method.as_str(),

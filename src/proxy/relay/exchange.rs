@@ -28,7 +28,7 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 const FIRST_READ: usize = 4096;
 
 /// The upstream's answer, up to its body.
-pub(super) struct Answer {
+pub(super) struct UpstreamAnswer {
     pub header: ResponseHeader,
     pub incoming: Incoming,
     /// Body bytes that came with the header.
@@ -62,7 +62,7 @@ pub(super) async fn read_answer(
     upstream: &mut Stream,
     request: &RequestHeader,
     timeout: Option<Duration>,
-) -> Result<Answer> {
+) -> Result<UpstreamAnswer> {
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
         while let Some(len) = parse(&buf)? {
@@ -78,7 +78,7 @@ pub(super) async fn read_answer(
             let incoming = Incoming::of(&request.method, header.status, &header.headers)
                 .map_err(framing_error)?;
             let keepalive = keeps_alive(&header);
-            return Ok(Answer {
+            return Ok(UpstreamAnswer {
                 header,
                 incoming,
                 preread: buf.freeze(),

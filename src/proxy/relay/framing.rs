@@ -129,7 +129,7 @@ impl Outgoing {
         }
         if self == Outgoing::Chunked {
             let mut size = [0u8; 16];
-            let digits = hex(data.len(), &mut size);
+            let digits = chunk_size_hex(data.len(), &mut size);
             out.extend_from_slice(digits);
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(data);
@@ -149,7 +149,7 @@ impl Outgoing {
 }
 
 /// `n` in lowercase hex, in `buf`.
-fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+fn chunk_size_hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;

@@ -50,7 +50,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{EdgeProxy, RequestCtx, RequestKind, UPSTREAM_IDLE_TIMEOUT};
 use crate::telemetry::{self, Exchange, StreamEnd};
-use exchange::Answer;
+use exchange::UpstreamAnswer;
 use framing::{BodyDecoder, Incoming, Outgoing};
 use pump::{End, Pump};
 
@@ -292,7 +292,7 @@ async fn open(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) ->
         }
     };
     drop(sent);
-    let Answer {
+    let UpstreamAnswer {
         header,
         incoming,
         preread,
