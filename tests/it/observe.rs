@@ -440,7 +440,7 @@ async fn prometheus_follows_a_reload_that_moves_the_metrics_listener() {
 /// every request is in exactly one of the two files, each line whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_switches_the_access_log_without_losing_a_line() {
-    const REQUESTS: usize = 600;
+    const BEFORE_AND_AFTER: usize = 150;
     let app = Backend::echo().await;
     let config = |path: &str, format: &str| {
         format!(
@@ -453,29 +453,40 @@ async fn a_reload_switches_the_access_log_without_losing_a_line() {
     let proxy = Proxy::start(&config("first.log", "main"));
     let client = common::client();
     let base = Arc::new(proxy.url("/api/"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // requests flow without a pause until told to stop: across the reload, whenever it lands
     let sender = {
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
         tokio::spawn(async move {
-            for i in 0..REQUESTS {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let response = client
-                    .get(format!("{base}{i}"))
+                    .get(format!("{base}{sent}"))
                     .send()
                     .await
                     .expect("request");
                 assert_eq!(response.status(), 200);
+                sent += 1;
             }
+            sent
         })
     };
-    // reload once a third of the requests are through
-    let started = wait_until(Duration::from_secs(20), || app.count() >= REQUESTS / 3).await;
+    let started = wait_until(Duration::from_secs(20), || app.count() >= BEFORE_AND_AFTER).await;
     assert!(started);
     std::fs::write(&proxy.config_path, config("second.log", "json")).expect("rewrite");
-    sender.await.expect("sender");
     let reloaded = wait_until(Duration::from_secs(10), || {
         proxy.stderr().contains("config reloaded")
     })
     .await;
     assert!(reloaded, "{}", proxy.stderr());
+    let at_reload = app.count();
+    let after = wait_until(Duration::from_secs(20), || {
+        app.count() >= at_reload + BEFORE_AND_AFTER
+    })
+    .await;
+    assert!(after);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let requests = sender.await.expect("sender");
 
     let (first, second) = (
         proxy.dir().join("first.log"),
@@ -496,12 +507,12 @@ async fn a_reload_switches_the_access_log_without_losing_a_line() {
     };
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let all = wait_until(Duration::from_secs(10), || {
-        count(&read(&first), &read(&second)).values().sum::<usize>() >= REQUESTS
+        count(&read(&first), &read(&second)).values().sum::<usize>() >= requests
     })
     .await;
     let seen = count(&read(&first), &read(&second));
     assert!(all, "{} lines", seen.values().sum::<usize>());
-    for i in 0..REQUESTS {
+    for i in 0..requests {
         assert_eq!(seen.get(&format!("/api/{i}")), Some(&1), "/api/{i}");
     }
     assert!(!read(&first).is_empty() && !read(&second).is_empty());
