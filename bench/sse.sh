@@ -6,7 +6,8 @@
 #
 # Environment: STREAMS=9800 (the process file limit here is 20,000: a proxy holds two
 # descriptors per stream), HOLD=30 (seconds the streams are held), EVERY_MS=3000 (one event
-# per stream every 3 s), ROUNDS=1, PROXY_CPU=0, LOAD_CPU=1.
+# per stream every 3 s), ROUNDS=1, PROXY_CPU=0, LOAD_CPU=1, SSE_HEARTBEAT= (astron-edge's
+# route `sse_heartbeat`, e.g. `1s`: comment lines in every gap between events; off when empty).
 #
 # Reports per proxy: streams lost, the RSS increase per held stream (KiB), the proxy's CPU
 # time per relayed event over the hold (µs, from /proc), and the p50/p99 latency per event (receive time minus the backend's send stamp: the proxy's added latency
@@ -23,6 +24,8 @@ ROUNDS=${ROUNDS:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 EDGE_BIN=${EDGE_BIN:-$REPO_DIR/target/release/astron-edge}
+SSE_HEARTBEAT=${SSE_HEARTBEAT:-}
+HEARTBEAT_LINE=${SSE_HEARTBEAT:+"sse_heartbeat = \"$SSE_HEARTBEAT\""}
 SSE_BENCH=${SSE_BENCH:-$REPO_DIR/target/release/examples/sse_bench}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 
@@ -124,6 +127,7 @@ prefix = "/"
 upstream = "backend"
 sse = true
 timeout = "1800s"
+$HEARTBEAT_LINE
 CONF
         RUST_LOG=warn taskset -c "$PROXY_CPU" "$EDGE_BIN" run -c "$dir/edge.toml" >"$dir/out.log" 2>&1 &
     fi

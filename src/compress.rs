@@ -16,6 +16,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::config::GzipConfig;
+use crate::fields;
 
 static GZIP: HeaderValue = HeaderValue::from_static("gzip");
 static CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
@@ -74,7 +75,7 @@ pub(crate) fn plan(config: &GzipConfig, req: &RequestHeader, resp: &ResponseHead
         !v.as_bytes().is_empty() && !v.as_bytes().eq_ignore_ascii_case(b"identity")
     });
     // A body known to be empty gets no body task, so a gzip trailer could never be written.
-    let too_short = match content_length(resp) {
+    let too_short = match fields::content_length(&resp.headers).ok().flatten() {
         Some(len) => len == 0 || len < config.min_length,
         None => false,
     };
@@ -114,24 +115,21 @@ pub(crate) fn media_type(content_type: &HeaderValue) -> Option<&str> {
 pub(crate) fn accepts_gzip(req: &RequestHeader) -> bool {
     let mut gzip: Option<bool> = None;
     let mut any: Option<bool> = None;
-    for value in req.headers.get_all(header::ACCEPT_ENCODING) {
-        let Ok(value) = value.to_str() else { continue };
-        for item in value.split(',') {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let accepted = parts
-                .find_map(|p| {
-                    let (k, v) = p.split_once('=')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("q")
-                        .then(|| quality_above_zero(v.trim()))
-                })
-                .unwrap_or(true);
-            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-                gzip = Some(gzip.unwrap_or(false) || accepted);
-            } else if coding == "*" {
-                any = Some(accepted);
-            }
+    for item in fields::list_items(&req.headers, header::ACCEPT_ENCODING) {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        let accepted = parts
+            .find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| quality_above_zero(v.trim()))
+            })
+            .unwrap_or(true);
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(gzip.unwrap_or(false) || accepted);
+        } else if coding == "*" {
+            any = Some(accepted);
         }
     }
     gzip.or(any).unwrap_or(false)
@@ -148,25 +146,12 @@ fn quality_above_zero(q: &str) -> bool {
     well_formed && (int == "1" || frac.bytes().any(|b| b != b'0'))
 }
 
-fn content_length(resp: &ResponseHeader) -> Option<u64> {
-    resp.headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Adds `Accept-Encoding` to `Vary` unless it (or `*`) is already there.
 pub(crate) fn merge_vary(resp: &mut ResponseHeader) -> Result<()> {
     let mut merged: Option<String> = None;
     for value in resp.headers.get_all(header::VARY) {
         let text = value.to_str().unwrap_or("");
-        if text
-            .split(',')
-            .map(str::trim)
-            .any(|v| v == "*" || v.eq_ignore_ascii_case("accept-encoding"))
+        if fields::value_items(text).any(|v| v == "*" || v.eq_ignore_ascii_case("accept-encoding"))
         {
             return Ok(());
         }

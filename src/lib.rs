@@ -5,7 +5,7 @@
 //! other item's users and reports what has none.
 //!
 //! Dependencies run one way (checked by `tests/it/layering.rs`): the leaves (`routing`,
-//! `tls`, `text`, `client`, `otlp_wire`, `metrics`), then `config`, then `state` and
+//! `tls`, `text`, `client`, `fields`, `signals`, `otlp_wire`, `metrics`), then `config`, then `state` and
 //! `upstream`, then the features (`auth`, `cache`, `compress`, `telemetry`), then `proxy`,
 //! then the process (`server`, `reload`, `shutdown`); `nginx` and `source` sit on `config`.
 
@@ -14,6 +14,7 @@ mod cache;
 mod client;
 mod compress;
 mod config;
+mod fields;
 mod healthcheck;
 mod metrics;
 mod nginx;
@@ -23,6 +24,7 @@ mod reload;
 mod routing;
 mod server;
 mod shutdown;
+mod signals;
 mod source;
 mod state;
 mod telemetry;

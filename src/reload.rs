@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::signals;
 use crate::state::{SharedState, Snapshot};
 use crate::telemetry;
 use crate::tls::{self, CertStore};
@@ -201,9 +202,10 @@ fn load(path: &Path) -> Result<(Config, Option<CertifiedKey>), String> {
 #[async_trait]
 impl BackgroundService for ConfigReloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangup = signal(SignalKind::hangup())
-            .map_err(|e| tracing::error!("cannot handle SIGHUP, reload on file changes only: {e}"))
-            .ok();
+        let mut hangup = signals::listen(
+            SignalKind::hangup(),
+            "SIGHUP (reloads follow file changes only)",
+        );
         // Capacity 1: a pending wake-up already covers any later event.
         let (wake, mut events) = mpsc::channel::<()>(1);
         let mut watch = DirWatch::new(wake);
@@ -227,7 +229,7 @@ impl BackgroundService for ConfigReloader {
                         self.reload("file change").await;
                     }
                 }
-                _ = next_hangup(&mut hangup) => {
+                _ = signals::next(&mut hangup) => {
                     // This reload reads the files as they are now: pending events are covered.
                     settling = Settling::default();
                     seen = fingerprint(&self.watched_files());
@@ -258,16 +260,6 @@ impl Settling {
     fn check_at(&self) -> Option<Instant> {
         self.events
             .map(|(first, latest)| (latest + DEBOUNCE).min(first + MAX_DEBOUNCE))
-    }
-}
-
-/// The next SIGHUP; never, when its handler could not be installed.
-async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
-    match hangup {
-        Some(signal) => {
-            signal.recv().await;
-        }
-        None => std::future::pending::<()>().await,
     }
 }
 

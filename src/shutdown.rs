@@ -28,10 +28,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::{ListenFds, RunArgs, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::signals::{listen, next};
 use crate::state::SharedState;
 
 /// How often the drain looks at the in-flight count: short against any grace period,
@@ -179,24 +180,6 @@ impl ShutdownSignalWatch for Signals {
                 ShutdownSignal::GracefulUpgrade
             }
         }
-    }
-}
-
-/// A signal stream, or `None` (logged) when the handler cannot be installed, so that one
-/// failed signal does not take the others down with it.
-fn listen(kind: SignalKind, name: &str) -> Option<Signal> {
-    signal(kind)
-        .map_err(|e| tracing::error!("cannot handle {name}: {e}"))
-        .ok()
-}
-
-/// The next delivery of `signal`; never, when it could not be installed.
-async fn next(signal: &mut Option<Signal>) {
-    match signal {
-        Some(signal) => {
-            signal.recv().await;
-        }
-        None => std::future::pending::<()>().await,
     }
 }
 

@@ -23,6 +23,7 @@ pub(crate) use store::{Entry, Store};
 use crate::client::host_without_port;
 use crate::compress;
 use crate::config::{CacheConfig, CachePolicy, GzipConfig, ProxyRoute};
+use crate::fields;
 use store::{IMMUTABLE, X_CACHE};
 
 static MISS: HeaderValue = HeaderValue::from_static("MISS");
@@ -186,10 +187,7 @@ impl Capture {
     /// `Accept-Encoding`, no credentials in the request, and not longer than the cap.
     fn start(&mut self, req: &RequestHeader, resp: &ResponseHeader) -> Result<()> {
         let h = &resp.headers;
-        let expected = h
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let expected = fields::content_length(h).ok().flatten();
         let storable = resp.status == StatusCode::OK
             && req.method == Method::GET
             && !req.headers.contains_key(header::AUTHORIZATION)
@@ -255,9 +253,9 @@ impl Capture {
 /// `true` when any element of a comma-separated header value satisfies `f`, and for a
 /// value that is not text (so that such a value never makes an answer storable).
 fn list_has(value: &HeaderValue, f: impl Fn(&str) -> bool) -> bool {
-    value.to_str().map_or(true, |v| {
-        v.split(',').map(str::trim).filter(|d| !d.is_empty()).any(f)
-    })
+    value
+        .to_str()
+        .map_or(true, |v| fields::value_items(v).any(f))
 }
 
 /// For a request the cache will try to store (`proxy` calls it then, in
@@ -368,10 +366,7 @@ fn is_not_modified(req: &RequestHeader, entry: &Entry) -> bool {
             return false;
         };
         let etag = opaque_tag(etag);
-        return none_match
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+        return fields::list_items(&req.headers, header::IF_NONE_MATCH)
             .any(|tag| tag == "*" || opaque_tag(tag) == etag);
     }
     let Some(last_modified) = entry.last_modified else {

@@ -35,6 +35,7 @@ use crate::auth::{AuthClient, AuthOutcome};
 use crate::cache::{AssetCache, Entry, Lookup};
 use crate::client::{host_without_port, ClientIdentity};
 use crate::config::RouteAction;
+use crate::fields::{self, InvalidContentLength};
 use crate::routing::normalize_path;
 use crate::state::SharedState;
 use crate::telemetry::AuthResult;
@@ -629,8 +630,10 @@ impl EdgeProxy {
         let body_limit = route_config
             .client_max_body_size
             .unwrap_or(config.server.client_max_body_size);
-        match content_length(req) {
-            Err(()) => return reject(StatusCode::BAD_REQUEST, "bad Content-Length"),
+        match fields::content_length(&req.headers) {
+            Err(InvalidContentLength) => {
+                return reject(StatusCode::BAD_REQUEST, "bad Content-Length")
+            }
             Ok(Some(len)) if len > body_limit => {
                 return reject(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -738,17 +741,4 @@ async fn answer_locally(session: &mut Session, ctx: &mut RequestCtx, answer: Ans
 async fn discard_request_body(session: &mut Session) {
     session.set_keepalive(None);
     let _ = tokio::time::timeout(LINGERING_TIME, session.drain_request_body()).await;
-}
-
-/// The declared body length; `Err` when the header is not a number.
-fn content_length(req: &RequestHeader) -> std::result::Result<Option<u64>, ()> {
-    match req.headers.get(header::CONTENT_LENGTH) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .map(Some)
-            .ok_or(()),
-    }
 }

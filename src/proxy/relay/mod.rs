@@ -49,6 +49,7 @@ use pingora::ErrorType;
 use tokio::io::AsyncWriteExt;
 
 use super::{EdgeProxy, RequestCtx, RequestKind, UPSTREAM_IDLE_TIMEOUT};
+use crate::fields;
 use crate::telemetry::{self, Exchange, StreamEnd};
 use exchange::UpstreamAnswer;
 use framing::{BodyDecoder, Incoming, Outgoing};
@@ -571,13 +572,8 @@ async fn forward_request_body(
 fn upstream_request(client: &RequestHeader, has_body: bool) -> RequestHeader {
     let mut request = client.clone();
     request.set_version(Version::HTTP_11);
-    let nominated: Vec<HeaderName> = client
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+    let nominated: Vec<HeaderName> = fields::list_items(&client.headers, header::CONNECTION)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in nominated.iter().chain(&HOP_BY_HOP) {
         request.remove_header(name);
