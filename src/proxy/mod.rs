@@ -22,6 +22,7 @@ use pingora::apps::ServerApp;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
+use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::protocols::Stream;
 use pingora::proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -106,11 +107,23 @@ pub(crate) struct EdgeApp(Arc<HttpProxy<EdgeProxy>>, SharedState);
 
 impl EdgeApp {
     pub(crate) fn new(conf: &Arc<ServerConf>, proxy: EdgeProxy) -> EdgeApp {
-        let pipeline = Arc::new(pingora::proxy::http_proxy(conf, proxy.clone()));
+        let mut app = pingora::proxy::http_proxy(conf, proxy.clone());
+        app.h2_options = Some(h2_options(&proxy.shared.state.load().config.server));
+        let pipeline = Arc::new(app);
         // Weak: the pipeline owns the phases, which must not keep it alive in turn.
         let _ = proxy.shared.pipeline.set(Arc::downgrade(&pipeline));
         EdgeApp(pipeline, proxy.shared.state.clone())
     }
+}
+
+/// HTTP/2's settings: Pingora's bounded defaults (100 streams per connection), with the
+/// decoded header list bounded by `server.client_header_max_size` as HTTP/1's header is.
+/// Read at start: Pingora keeps one set of HTTP/2 options per service, so a reload does
+/// not change it.
+fn h2_options(server: &crate::config::ServerConfig) -> H2Options {
+    let mut options = default_h2_options();
+    options.max_header_list_size(u32::try_from(server.client_header_max_size).unwrap_or(u32::MAX));
+    options
 }
 
 #[async_trait]

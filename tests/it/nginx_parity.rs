@@ -7,8 +7,8 @@
 //! astron-edge runs with `-c nginx.conf` on the fixture as it is (the import reads each
 //! upstream's address from `${HOST_ADDR:-host:port}`, which the test points at its backends);
 //! nginx runs on a copy whose upstream hosts, `listen` and log paths are rewritten to the
-//! test's. The differences that stay are documented (see /work/notes/import-readme.md, "How it
-//! differs from nginx") and named where they are normalised below:
+//! test's. The differences that stay are documented (README, "How it differs from nginx")
+//! and named where they are normalised below:
 //!
 //! - D1 local answers (error pages, redirects, auth denials): nginx writes an HTML page with
 //!   `text/html`, astron-edge a short `text/plain` line: bodies and `Content-Type` of answers

@@ -320,3 +320,53 @@ async fn missing_key_file_is_a_config_error() {
         "expected {expected}, got {stderr}"
     );
 }
+
+/// `server.client_header_max_size` bounds an HTTP/2 request's decoded header list too
+/// (Pingora's own limit is 64 KiB): a larger one is refused, a smaller one served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_headers_are_bounded_by_client_header_max_size() {
+    let pki = Pki::new();
+    let leaf = pki.leaf();
+    let certs = tempfile::tempdir().expect("cert dir");
+    let (cert, key) = (
+        certs.path().join("server.crt"),
+        certs.path().join("server.key"),
+    );
+    std::fs::write(&cert, &leaf.cert_pem).expect("write cert");
+    std::fs::write(&key, &leaf.key_pem).expect("write key");
+    let backend = Backend::echo().await;
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let proxy = Proxy::with(
+        &common::TestConfig::new()
+            .set("server.client_header_max_size", "8k")
+            .set("server.tls.listen", vec![tls_addr.to_string()])
+            .set("server.tls.cert", cert.display().to_string())
+            .set("server.tls.key", key.display().to_string())
+            .upstream("app", [backend.addr])
+            .route(common::Route::prefix("app", "/").to("app")),
+    );
+    let h2 = pki.https_client(tls_addr, false);
+    let url = format!("https://{HOST}:{}/h", tls_addr.port());
+    let small = h2
+        .get(&url)
+        .header("x-pad", "a".repeat(4 * 1024))
+        .send()
+        .await
+        .expect("4 KiB header over HTTP/2");
+    assert_eq!(small.version(), reqwest::Version::HTTP_2);
+    assert_eq!(small.status(), 200);
+    let large = h2
+        .get(&url)
+        .header("x-pad", "a".repeat(16 * 1024))
+        .send()
+        .await;
+    match large {
+        Ok(response) => assert_eq!(response.status(), 431, "{}", proxy.stderr()),
+        Err(e) => assert!(!e.is_timeout(), "refused, not left hanging: {e}"),
+    }
+    assert_eq!(
+        backend.count(),
+        1,
+        "the refused request reached the upstream"
+    );
+}
