@@ -442,7 +442,7 @@ async fn closing_upstream(idle: Duration) -> SocketAddr {
 async fn requests_on_connections_the_upstream_closes_idle_do_not_fail(relay: bool) {
     let idle = Duration::from_secs(1);
     let upstream = closing_upstream(idle).await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("pooled", upstream));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("pooled", upstream));
     let client = common::client();
     for round in 0..6 {
         let resp = if round % 2 == 0 {

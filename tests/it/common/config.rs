@@ -42,6 +42,13 @@ impl TestConfig {
         self
     }
 
+    /// Removes a key by its dotted path (`"access_log.path"`: back to the default, stdout,
+    /// for a test that logs where the proxy logs when no path is set).
+    pub(crate) fn unset(mut self, dotted: &str) -> TestConfig {
+        unset_dotted(&mut self.table, dotted);
+        self
+    }
+
     /// `[upstreams.NAME]` with these servers (`host:port` or a `SocketAddr`).
     pub(crate) fn upstream<A: Display>(
         self,
@@ -88,6 +95,17 @@ impl Route {
         Route::matcher(name, "exact", path)
     }
 
+    /// nginx's `location ^~ PATH`: a prefix that, when it is the longest match, wins over
+    /// every regex.
+    pub(crate) fn priority_prefix(name: &str, path: &str) -> Route {
+        Route::matcher(name, "priority_prefix", path)
+    }
+
+    /// A route matched by the regex `pattern` (nginx's `location ~ PATTERN`).
+    pub(crate) fn regex(name: &str, pattern: &str) -> Route {
+        Route::matcher(name, "regex", pattern)
+    }
+
     /// Proxies to the upstream `name`.
     pub(crate) fn to(self, upstream: &str) -> Route {
         self.set("upstream", upstream)
@@ -111,6 +129,22 @@ fn set_dotted(table: &mut Table, dotted: &str, value: Value) {
             match inner {
                 Value::Table(inner) => set_dotted(inner, rest, value),
                 other => panic!("{head} is {other:?}, not a table"),
+            }
+        }
+    }
+}
+
+fn unset_dotted(table: &mut Table, dotted: &str) {
+    match dotted.split_once('.') {
+        None => {
+            table.remove(dotted);
+        }
+        Some((head, rest)) => {
+            if let Some(Value::Table(inner)) = table.get_mut(head) {
+                unset_dotted(inner, rest);
+                if inner.is_empty() {
+                    table.remove(head);
+                }
             }
         }
     }

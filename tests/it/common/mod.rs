@@ -231,6 +231,17 @@ impl Proxy {
 
     /// Starts `config` with a listener on a free port, 2 threads and a 2 s grace period.
     pub(crate) fn with(config: &TestConfig) -> Proxy {
+        Proxy::with_env(config, &[])
+    }
+
+    /// [`Proxy::with`] with `server.sse_relay` set: SSE routes relayed off Pingora's
+    /// pipeline (`true`, the default) or left in it.
+    pub(crate) fn with_relay(relay: bool, config: &TestConfig) -> Proxy {
+        Proxy::with(&config.clone().set("server.sse_relay", relay))
+    }
+
+    /// [`Proxy::with`] with extra environment variables for the proxy.
+    pub(crate) fn with_env(config: &TestConfig, env: &[(&str, &str)]) -> Proxy {
         Proxy::start_on_free_port(
             |port| {
                 let config = config
@@ -240,7 +251,7 @@ impl Proxy {
                     .set("server.grace_period", "2s");
                 (config.render(), Vec::new())
             },
-            &[],
+            env,
         )
     }
 
@@ -597,16 +608,13 @@ where
 }
 
 /// One SSE route `name` to the upstream at `addr`, with a 30 s timeout.
-pub(crate) fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
-    TestConfig::new()
-        .upstream("workflow", [addr])
-        .route(
-            Route::prefix(name, "/")
-                .to("workflow")
-                .set("sse", true)
-                .set("timeout", "30s"),
-        )
-        .render()
+pub(crate) fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> TestConfig {
+    TestConfig::new().upstream("workflow", [addr]).route(
+        Route::prefix(name, "/")
+            .to("workflow")
+            .set("sse", true)
+            .set("timeout", "30s"),
+    )
 }
 
 /// An external tool the test needs (`promtool`, `prometheus`, `nginx`): its path, or `None`
