@@ -242,13 +242,21 @@ impl Proxy {
 
     /// [`Proxy::with`] with extra environment variables for the proxy.
     pub(crate) fn with_env(config: &TestConfig, env: &[(&str, &str)]) -> Proxy {
+        let config = config
+            .clone()
+            .set("server.threads", 2)
+            .set("server.grace_period", "2s");
+        Proxy::with_listener(&config, env)
+    }
+
+    /// Starts `config` with only a listener on a free port added: threads and grace period
+    /// stay what `config` says (the proxy's defaults unless set).
+    pub(crate) fn with_listener(config: &TestConfig, env: &[(&str, &str)]) -> Proxy {
         Proxy::start_on_free_port(
             |port| {
                 let config = config
                     .clone()
-                    .set("server.listen", vec![format!("127.0.0.1:{port}")])
-                    .set("server.threads", 2)
-                    .set("server.grace_period", "2s");
+                    .set("server.listen", vec![format!("127.0.0.1:{port}")]);
                 (config.render(), Vec::new())
             },
             env,
