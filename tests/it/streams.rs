@@ -500,7 +500,7 @@ async fn a_stream_cut_by_the_shutdown_is_reported() {
     let upstream = stream_upstream(Seen::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    // A route timeout past the grace period (2 s, see `Proxy::start`).
+    // A route timeout past the grace period (2 s, see `Proxy::with`).
     let mut proxy = Proxy::with(
         &TestConfig::new()
             .set("access_log.path", log.display().to_string())

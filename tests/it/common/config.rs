@@ -3,9 +3,9 @@
 //!
 //! ```ignore
 //! let config = TestConfig::new()
-//!     .upstream("app", backend.addr)
+//!     .upstream("app", [backend.addr])
 //!     .route(Route::prefix("app-route", "/").to("app").set("sse", true));
-//! let proxy = Proxy::start(&config.render());
+//! let proxy = Proxy::with(&config);
 //! ```
 
 use std::fmt::Display;
@@ -93,12 +93,6 @@ impl Route {
 
     pub(crate) fn exact(name: &str, path: &str) -> Route {
         Route::matcher(name, "exact", path)
-    }
-
-    /// nginx's `location ^~ PATH`: a prefix that, when it is the longest match, wins over
-    /// every regex.
-    pub(crate) fn priority_prefix(name: &str, path: &str) -> Route {
-        Route::matcher(name, "priority_prefix", path)
     }
 
     /// A route matched by the regex `pattern` (nginx's `location ~ PATTERN`).

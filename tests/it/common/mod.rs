@@ -223,12 +223,6 @@ impl Proxy {
         Proxy::start_with_env(body, &[])
     }
 
-    /// [`Proxy::start`] with `server.sse_relay` set: SSE routes relayed off Pingora's
-    /// pipeline (`true`, the default) or left in it.
-    pub(crate) fn start_on(relay: bool, body: &str) -> Proxy {
-        Proxy::start(&format!("sse_relay = {relay}\n{body}"))
-    }
-
     /// Starts `config` with a listener on a free port, 2 threads and a 2 s grace period.
     pub(crate) fn with(config: &TestConfig) -> Proxy {
         Proxy::with_env(config, &[])
@@ -328,12 +322,8 @@ impl Proxy {
         ])
     }
 
-    /// Starts with a complete config whose listener is `127.0.0.1:{port}`.
-    pub(crate) fn start_raw(config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
-        Proxy::start_named("astron-edge.toml", config, port, env)
-    }
-
-    /// [`Proxy::start_raw`] with the config written as `file_name` (`nginx.conf`: nginx syntax).
+    /// Starts with a complete config, written as `file_name` (`nginx.conf`: nginx syntax),
+    /// whose listener is `127.0.0.1:{port}`.
     pub(crate) fn start_named(
         file_name: &str,
         config: &str,
@@ -374,7 +364,7 @@ impl Proxy {
         )
     }
 
-    /// [`Proxy::start_raw`], or the proxy's stderr when it exited or never became ready.
+    /// [`Proxy::start_named`], or the proxy's stderr when it exited or never became ready.
     fn try_start_raw(
         file_name: &str,
         config: &str,
