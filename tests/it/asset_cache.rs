@@ -5,7 +5,7 @@
 use crate::common;
 use std::io::Read;
 
-use crate::common::{full, Backend, Fetched, Proxy, Recorded};
+use crate::common::{full, Backend, Fetched, Proxy, Recorded, Route, TestConfig};
 use hyper::Response;
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -68,39 +68,26 @@ async fn frontend() -> Backend {
     .await
 }
 
-fn start(backend: &Backend, cache: &str) -> Proxy {
-    Proxy::start(&format!(
-        r#"
-[access_log]
-path = "off"
+/// The proxy's config in front of `backend` with an asset cache of `max_size`.
+fn config(backend: &Backend, max_size: &str) -> TestConfig {
+    TestConfig::new()
+        .set("cache.max_size", max_size)
+        .set("gzip.enabled", true)
+        .set("gzip.min_length", 1000)
+        .set("gzip.level", 6)
+        .set("response_headers.X-Frame-Options", "SAMEORIGIN")
+        .upstream("frontend", [backend.addr])
+        .route(
+            Route::regex("assets", r"(?i)\.(js|css|png)$")
+                .to("frontend")
+                .set("cache", "immutable"),
+        )
+        .route(Route::prefix("other", "/").to("frontend"))
+}
 
-[cache]
-{cache}
-
-[gzip]
-enabled = true
-min_length = 1000
-level = 6
-
-[response_headers]
-"X-Frame-Options" = "SAMEORIGIN"
-
-[upstreams.frontend]
-servers = ["{addr}"]
-
-[[routes]]
-name = "assets"
-regex = '(?i)\.(js|css|png)$'
-upstream = "frontend"
-cache = "immutable"
-
-[[routes]]
-name = "other"
-prefix = "/"
-upstream = "frontend"
-"#,
-        addr = backend.addr
-    ))
+/// The proxy in front of `backend` with an asset cache of `max_size`.
+fn start(backend: &Backend, max_size: &str) -> Proxy {
+    Proxy::with(&config(backend, max_size))
 }
 
 async fn get(proxy: &Proxy, path: &str) -> Fetched {
@@ -110,7 +97,7 @@ async fn get(proxy: &Proxy, path: &str) -> Fetched {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_request_is_a_hit_without_the_upstream() {
     let b = frontend().await;
-    let proxy = start(&b, r#"max_size = "16m""#);
+    let proxy = start(&b, "16m");
     let first = get(&proxy, "/assets/app.3f2a.js").await;
     assert_eq!(first.status, 200);
     assert_eq!(first.x_cache(), Some("MISS"));
@@ -163,7 +150,7 @@ async fn second_request_is_a_hit_without_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_or_personal_answers_are_not_stored() {
     let b = frontend().await;
-    let proxy = start(&b, r#"max_size = "16m""#);
+    let proxy = start(&b, "16m");
     let cases = [
         "/a.js?cookie=1",
         "/b.js?cc=private",
@@ -195,7 +182,7 @@ async fn private_or_personal_answers_are_not_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_object_cap_are_not_stored() {
     let b = frontend().await;
-    let proxy = start(&b, "max_size = \"16m\"\nmax_object_size = \"64k\"");
+    let proxy = Proxy::with(&config(&b, "16m").set("cache.max_object_size", "64k"));
     for path in ["/big.js?len=70000", "/big-chunked.js?len=70000&chunked=1"] {
         for _ in 0..2 {
             let got = get(&proxy, path).await;
@@ -216,7 +203,7 @@ async fn bodies_over_the_object_cap_are_not_stored() {
 async fn eviction_at_the_size_cap_drops_the_least_used() {
     let b = frontend().await;
     // room for four 56 KiB images (not compressible: no gzip variant), not five
-    let proxy = start(&b, r#"max_size = "256k""#);
+    let proxy = start(&b, "256k");
     let path = |name: &str| format!("/{name}.png?len=57344&ct=image/png");
     for name in ["a", "b", "c", "d"] {
         assert_eq!(get(&proxy, &path(name)).await.x_cache(), Some("MISS"));
@@ -240,7 +227,7 @@ async fn eviction_at_the_size_cap_drops_the_least_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_requests_get_304_from_the_cache() {
     let b = frontend().await;
-    let proxy = start(&b, r#"max_size = "16m""#);
+    let proxy = start(&b, "16m");
     get(&proxy, "/app.css").await;
     let cases: [(&str, &str, u16); 5] = [
         ("If-None-Match", "\"v1\"", 304),
@@ -281,7 +268,7 @@ async fn conditional_requests_get_304_from_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_and_plain_variants_from_one_entry() {
     let b = frontend().await;
-    let proxy = start(&b, r#"max_size = "16m""#);
+    let proxy = start(&b, "16m");
     let gzip = [("Accept-Encoding", "gzip")];
     // the miss itself is compressed on the way through
     let miss = common::fetch(&proxy, "GET", "/app.js", &gzip).await;
@@ -329,7 +316,7 @@ async fn gzip_and_plain_variants_from_one_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_assets_get_their_gzip_variant_off_the_request_path() {
     let b = frontend().await;
-    let proxy = start(&b, r#"max_size = "16m""#);
+    let proxy = start(&b, "16m");
     let path = "/vendor.js?len=1000000";
     assert_eq!(get(&proxy, path).await.x_cache(), Some("MISS"));
     // made on the blocking pool: stored a moment after the miss has been answered
@@ -378,7 +365,7 @@ async fn a_frontend_that_gzips_on_request_still_fills_the_cache() {
         resp.body(full(body)).expect("response")
     })
     .await;
-    let proxy = start(&b, r#"max_size = "16m""#);
+    let proxy = start(&b, "16m");
     let gzip = [("Accept-Encoding", "gzip, deflate, br")];
     let first = common::fetch(&proxy, "GET", "/assets/app.js", &gzip).await;
     assert_eq!((first.status, first.x_cache()), (200, Some("MISS")));

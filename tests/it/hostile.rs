@@ -2,6 +2,7 @@
 //! attacker would: what the client gets is nginx's answer (or SPEC's where it differs), and
 //! no upstream sees what it should not.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -9,17 +10,28 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{self, raw_request, raw_upstream, wait_until, Backend, Proxy};
+use crate::common::{
+    self, raw_request, raw_upstream, wait_until, Backend, Proxy, Route, TestConfig,
+};
 
-/// One route `/` to `backend`, access log to `access.log` in the proxy's directory, and
-/// `server` keys added to `[server]`.
-fn config(backend: &Backend, server: &str, route: &str) -> String {
-    format!(
-        "{server}\n[access_log]\npath = \"access.log\"\n[response_headers]\n\
-         \"X-Frame-Options\" = \"SAMEORIGIN\"\n[upstreams.app]\nservers = [\"{}\"]\n\
-         [[routes]]\nname = \"app\"\nprefix = \"/\"\nupstream = \"app\"\n{route}",
-        backend.addr
-    )
+/// The route `app`: everything to the upstream `app`.
+fn app_route() -> Route {
+    Route::prefix("app", "/").to("app")
+}
+
+/// `route` to the upstream `app` on `server`, access log to `access.log` in the proxy's
+/// directory, a security header on every answer.
+fn config_with(server: impl Display, route: Route) -> TestConfig {
+    TestConfig::new()
+        .set("access_log.path", "access.log")
+        .set("response_headers.X-Frame-Options", "SAMEORIGIN")
+        .upstream("app", [server])
+        .route(route)
+}
+
+/// One route `/` to `backend`, access log to `access.log` in the proxy's directory.
+fn config(backend: &Backend) -> TestConfig {
+    config_with(backend.addr, app_route())
 }
 
 fn status(answer: &str) -> u16 {
@@ -55,7 +67,7 @@ async fn read_until_close(stream: &mut TcpStream, within: Duration) -> (String, 
 #[tokio::test]
 async fn request_targets_other_than_path_or_url_get_400() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config(&backend, "", ""));
+    let proxy = Proxy::with(&config(&backend));
     for target in [
         "../../etc/passwd",
         "a%00b",
@@ -89,10 +101,12 @@ async fn request_targets_other_than_path_or_url_get_400() {
 #[tokio::test]
 async fn header_names_with_underscores_never_reach_auth_or_upstream() {
     let backend = Backend::echo().await;
-    let auth = "[auth.gate]\nupstream = \"app\"\npath = \"/auth\"\n\
-                copy_headers = [\"X-Consumer-Username\"]\n";
-    let route = "auth = \"gate\"\n";
-    let proxy = Proxy::start(&format!("{}{auth}", config(&backend, "", route)));
+    let proxy = Proxy::with(
+        &config_with(backend.addr, app_route().set("auth", "gate"))
+            .set("auth.gate.upstream", "app")
+            .set("auth.gate.path", "/auth")
+            .set("auth.gate.copy_headers", vec!["X-Consumer-Username"]),
+    );
     let request = b"GET /chat HTTP/1.1\r\nHost: t\r\nX_Consumer_Username: admin\r\n\
                     X-Other_Thing: 1\r\nConnection: close\r\n\r\n";
     let answer = raw_request(proxy.addr, request).await;
@@ -112,7 +126,7 @@ async fn header_names_with_underscores_never_reach_auth_or_upstream() {
 
     // `underscores_in_headers = true` passes them, as nginx's directive does.
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config(&backend, "underscores_in_headers = true", ""));
+    let proxy = Proxy::with(&config(&backend).set("server.underscores_in_headers", true));
     let answer = raw_request(proxy.addr, request).await;
     assert_eq!(status(&answer), 200, "{answer}");
     assert_eq!(backend.last().header("x_consumer_username"), Some("admin"));
@@ -121,7 +135,7 @@ async fn header_names_with_underscores_never_reach_auth_or_upstream() {
 #[tokio::test]
 async fn a_slow_header_gets_408_from_its_first_byte_not_per_read() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config(&backend, "client_header_timeout = \"1s\"", ""));
+    let proxy = Proxy::with(&config(&backend).set("server.client_header_timeout", "1s"));
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let started = Instant::now();
     // One byte every 100 ms: no read waits long, the whole header never completes in time.
@@ -184,7 +198,7 @@ async fn a_slow_header_gets_408_from_its_first_byte_not_per_read() {
 #[tokio::test]
 async fn a_header_over_the_limit_gets_431_and_never_reaches_the_upstream() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config(&backend, "", ""));
+    let proxy = Proxy::with(&config(&backend));
     // Default 32k: a 40 KiB header is refused, a 30 KiB one passes.
     let big = format!(
         "GET /big HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
@@ -251,7 +265,7 @@ async fn a_config_without_routes_is_refused_at_check_start_and_reload() {
 
     // At reload: the truncated file is refused, the old routes keep serving.
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config(&backend, "", ""));
+    let proxy = Proxy::with(&config(&backend));
     std::fs::write(&proxy.config_path, "").expect("truncate");
     proxy.signal("HUP");
     let refused = wait_until(Duration::from_secs(5), || {
@@ -298,7 +312,7 @@ fn numbers_out_of_bounds_are_refused_with_a_position_never_a_panic() {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config(&backend, "", ""));
+    let proxy = Proxy::with(&config(&backend));
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let pipelined = b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n\
         POST /two HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
@@ -326,12 +340,8 @@ async fn pipelined_requests_are_answered_in_order() {
 async fn requests_the_parser_refuses_get_the_proxys_400_a_log_line_and_a_count() {
     let backend = Backend::echo().await;
     let metrics = common::free_port();
-    let server = format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
-    let proxy = Proxy::start(&config(&backend, "", "").replacen(
-        "\n[access_log]",
-        &format!("\n{server}[access_log]"),
-        1,
-    ));
+    let proxy =
+        Proxy::with(&config(&backend).set("metrics.listen", format!("127.0.0.1:{metrics}")));
     for bad in [
         &b"GET /a HTTP/1.1\r\nHost: t\r\n\x01bad: x\r\n\r\n"[..],
         b"GET /b HTTP/1.1\r\nHost: t\r\nX: a\x00b\r\n\r\n",
@@ -380,7 +390,7 @@ async fn requests_the_parser_refuses_get_the_proxys_400_a_log_line_and_a_count()
 #[tokio::test]
 async fn query_strings_nginx_accepts_are_accepted() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config(&backend, "", ""));
+    let proxy = Proxy::with(&config(&backend));
     let answer = raw_request(
         proxy.addr,
         b"GET /q?a=\"x\"&b=<y>&c=`{}|` HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -408,7 +418,7 @@ async fn query_strings_nginx_accepts_are_accepted() {
 #[tokio::test]
 async fn host_methods_and_connection_as_nginx() {
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config(&backend, "", ""));
+    let proxy = Proxy::with(&config(&backend));
     for (request, expected) in [
         (&b"GET /nohost HTTP/1.1\r\n\r\n"[..], 400),
         (b"get /lower HTTP/1.1\r\nHost: t\r\n\r\n", 400),
@@ -431,9 +441,15 @@ async fn host_methods_and_connection_as_nginx() {
     assert_eq!(status(&answer), 200, "{answer}");
 
     // `Connection` cannot remove Host or a forwarding header, on a plain and an SSE route.
-    for route in ["", "sse = true\n"] {
+    for sse in [false, true] {
+        let route = if sse { "sse = true" } else { "" };
         let backend = Backend::echo().await;
-        let proxy = Proxy::start(&config(&backend, "", route));
+        let app = if sse {
+            app_route().set("sse", true)
+        } else {
+            app_route()
+        };
+        let proxy = Proxy::with(&config_with(backend.addr, app));
         let answer = raw_request(
             proxy.addr,
             b"GET /c HTTP/1.1\r\nHost: t\r\nConnection: close, Host, X-Forwarded-For, X-Real-IP\r\n\r\n",
@@ -488,12 +504,19 @@ const UPGRADE: &[u8] =
 #[tokio::test]
 async fn upgrades_pass_only_on_websocket_routes() {
     let (addr, seen) = upgrading_upstream().await;
-    let routes = format!(
-        "[upstreams.ws]\nservers = [\"{addr}\"]\n\
-         [[routes]]\nname = \"ws\"\nprefix = \"/ws\"\nupstream = \"ws\"\nwebsocket = true\ntimeout = \"5s\"\n\
-         [[routes]]\nname = \"plain\"\nprefix = \"/\"\nupstream = \"ws\"\n"
+    // No access_log key: the proxy's default (stdout).
+    let proxy = Proxy::with(
+        &TestConfig::new()
+            .unset("access_log.path")
+            .upstream("ws", [addr])
+            .route(
+                Route::prefix("ws", "/ws")
+                    .to("ws")
+                    .set("websocket", true)
+                    .set("timeout", "5s"),
+            )
+            .route(Route::prefix("plain", "/").to("ws")),
     );
-    let proxy = Proxy::start(&routes);
 
     // On the websocket route: the tunnel works both ways.
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
@@ -532,7 +555,7 @@ async fn answers_after_which_the_proxy_closes_say_connection_close() {
     // 502: the upstream refuses the connection.
     let backend = Backend::echo().await;
     let dead = format!("127.0.0.1:{}", common::free_port());
-    let proxy = Proxy::start(&config(&backend, "", "").replace(&backend.addr.to_string(), &dead));
+    let proxy = Proxy::with(&config_with(dead, app_route()));
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     stream
         .write_all(b"GET /down HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -544,7 +567,7 @@ async fn answers_after_which_the_proxy_closes_say_connection_close() {
     assert!(closed);
 
     // 400 after a broken chunked body: the upstream never gets a complete request.
-    let proxy = Proxy::start(&config(&backend, "", ""));
+    let proxy = Proxy::with(&config(&backend));
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     stream
         .write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
@@ -646,7 +669,7 @@ async fn nginx_gives_the_same_answers() {
     };
     let backend = Backend::echo().await;
     let nginx = nginx(bin, &backend);
-    let proxy = Proxy::start(&config(&backend, "", ""));
+    let proxy = Proxy::with(&config(&backend));
     for request in [
         &b"GET ../../etc/passwd HTTP/1.1\r\nHost: t\r\n\r\n"[..],
         b"GET a%00b HTTP/1.1\r\nHost: t\r\n\r\n",

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, text_response, wait_until, Backend, Proxy, Recorded};
+use crate::common::{self, text_response, wait_until, Backend, Proxy, Recorded, Route, TestConfig};
 
 fn is_generated_id(id: &str) -> bool {
     id.len() == 32
@@ -52,61 +52,31 @@ async fn every_answer_and_every_request_sent_carries_the_request_id() {
         }
     })
     .await;
-    let proxy = Proxy::start(&format!(
-        r#"
-[access_log]
-path = "access.log"
-format = "json"
-
-[upstreams.app]
-servers = ["{app}"]
-
-[upstreams.stream]
-servers = ["{stream}"]
-
-[upstreams.authsvc]
-servers = ["{auth}"]
-
-[upstreams.down]
-servers = ["127.0.0.1:{closed}"]
-
-[auth.gate]
-upstream = "authsvc"
-path = "/check"
-forward_headers = ["Authorization"]
-
-[[routes]]
-name = "api"
-prefix = "/api/"
-upstream = "app"
-
-[[routes]]
-name = "chat"
-prefix = "/chat/"
-upstream = "stream"
-sse = true
-
-[[routes]]
-name = "secure"
-prefix = "/secure/"
-upstream = "app"
-auth = "gate"
-
-[[routes]]
-name = "gone"
-exact = "/gone"
-return = 410
-
-[[routes]]
-name = "broken"
-prefix = "/broken/"
-upstream = "down"
-"#,
-        app = app.addr,
-        stream = stream.addr,
-        auth = auth.addr,
-        closed = common::free_port(),
-    ));
+    let proxy = Proxy::with(
+        &TestConfig::new()
+            .set("access_log.path", "access.log")
+            .set("access_log.format", "json")
+            .upstream("app", [app.addr])
+            .upstream("stream", [stream.addr])
+            .upstream("authsvc", [auth.addr])
+            .upstream("down", [format!("127.0.0.1:{}", common::free_port())])
+            .set("auth.gate.upstream", "authsvc")
+            .set("auth.gate.path", "/check")
+            .set("auth.gate.forward_headers", vec!["Authorization"])
+            .route(Route::prefix("api", "/api/").to("app"))
+            .route(
+                Route::prefix("chat", "/chat/")
+                    .to("stream")
+                    .set("sse", true),
+            )
+            .route(
+                Route::prefix("secure", "/secure/")
+                    .to("app")
+                    .set("auth", "gate"),
+            )
+            .route(Route::exact("gone", "/gone").set("return", 410))
+            .route(Route::prefix("broken", "/broken/").to("down")),
+    );
     // a fresh client per request: the proxy closes the connection after some answers
     let get = |path: &str, id: Option<&str>| {
         let mut request = common::client().get(proxy.url(path));
@@ -257,23 +227,14 @@ async fn rotation_under_concurrent_load_loses_and_splits_no_line() {
     const REQUESTS: usize = 3000;
     const MAX_SIZE: u64 = 16 * 1024;
     let app = Backend::echo().await;
-    let proxy = Proxy::start(&format!(
-        r#"
-[access_log]
-path = "access.log"
-max_size = "16k"
-max_files = 100
-
-[upstreams.app]
-servers = ["{app}"]
-
-[[routes]]
-name = "api"
-prefix = "/api/"
-upstream = "app"
-"#,
-        app = app.addr
-    ));
+    let proxy = Proxy::with(
+        &TestConfig::new()
+            .set("access_log.path", "access.log")
+            .set("access_log.max_size", "16k")
+            .set("access_log.max_files", 100)
+            .upstream("app", [app.addr])
+            .route(Route::prefix("api", "/api/").to("app")),
+    );
     let client = common::client();
     let proxy_url = Arc::new(proxy.url("/api/"));
     let mut tasks = Vec::new();
@@ -364,14 +325,12 @@ async fn prometheus_follows_a_reload_that_moves_the_metrics_listener() {
     let old = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let new = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let config = |metrics: SocketAddr| {
-        format!(
-            "[access_log]\npath = \"off\"\n[metrics]\nlisten = \"{metrics}\"\n\
-             [upstreams.app]\nservers = [\"{app}\"]\n\
-             [[routes]]\nname = \"api\"\nprefix = \"/api/\"\nupstream = \"app\"\n",
-            app = app.addr
-        )
+        TestConfig::new()
+            .set("metrics.listen", metrics.to_string())
+            .upstream("app", [app.addr])
+            .route(Route::prefix("api", "/api/").to("app"))
     };
-    let proxy = Proxy::start(&config(old));
+    let proxy = Proxy::with(&config(old));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let config_file = dir.path().join("prometheus.yml");
@@ -421,7 +380,7 @@ async fn prometheus_follows_a_reload_that_moves_the_metrics_listener() {
     };
     wait_up("1", "0").await;
 
-    std::fs::write(&proxy.config_path, config(new)).expect("rewrite config");
+    std::fs::write(&proxy.config_path, config(new).render()).expect("rewrite config");
     let moved = wait_until(Duration::from_secs(10), || {
         proxy.stderr().contains("metrics listener moved")
     })
@@ -443,14 +402,13 @@ async fn a_reload_switches_the_access_log_without_losing_a_line() {
     const BEFORE_AND_AFTER: usize = 150;
     let app = Backend::echo().await;
     let config = |path: &str, format: &str| {
-        format!(
-            "[access_log]\npath = \"{path}\"\nformat = \"{format}\"\n\
-             [upstreams.app]\nservers = [\"{app}\"]\n\
-             [[routes]]\nname = \"api\"\nprefix = \"/api/\"\nupstream = \"app\"\n",
-            app = app.addr
-        )
+        TestConfig::new()
+            .set("access_log.path", path)
+            .set("access_log.format", format)
+            .upstream("app", [app.addr])
+            .route(Route::prefix("api", "/api/").to("app"))
     };
-    let proxy = Proxy::start(&config("first.log", "main"));
+    let proxy = Proxy::with(&config("first.log", "main"));
     let client = common::client();
     let base = Arc::new(proxy.url("/api/"));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -473,7 +431,7 @@ async fn a_reload_switches_the_access_log_without_losing_a_line() {
     };
     let started = wait_until(Duration::from_secs(20), || app.count() >= BEFORE_AND_AFTER).await;
     assert!(started);
-    std::fs::write(&proxy.config_path, config("second.log", "json")).expect("rewrite");
+    std::fs::write(&proxy.config_path, config("second.log", "json").render()).expect("rewrite");
     let reloaded = wait_until(Duration::from_secs(10), || {
         proxy.stderr().contains("config reloaded")
     })
@@ -535,15 +493,16 @@ async fn a_reload_that_shrinks_the_asset_cache_evicts() {
     })
     .await;
     let config = |max_size: &str| {
-        format!(
-            "[access_log]\npath = \"off\"\n[cache]\nmax_size = \"{max_size}\"\n\
-             [upstreams.app]\nservers = [\"{app}\"]\n\
-             [[routes]]\nname = \"assets\"\nprefix = \"/assets/\"\nupstream = \"app\"\n\
-             cache = \"immutable\"\n",
-            app = app.addr
-        )
+        TestConfig::new()
+            .set("cache.max_size", max_size)
+            .upstream("app", [app.addr])
+            .route(
+                Route::prefix("assets", "/assets/")
+                    .to("app")
+                    .set("cache", "immutable"),
+            )
     };
-    let proxy = Proxy::start(&config("4m"));
+    let proxy = Proxy::with(&config("4m"));
     let assets: Vec<String> = (0..20).map(|i| format!("/assets/{i}.js")).collect();
     for path in &assets {
         assert_eq!(common::fetch(&proxy, "GET", path, &[]).await.status, 200);
@@ -582,7 +541,7 @@ async fn a_reload_that_shrinks_the_asset_cache_evicts() {
     assert_eq!(before, assets.len(), "all 20 assets cached at 4m");
     let misses_before = app.count();
 
-    std::fs::write(&proxy.config_path, config("256k")).expect("rewrite");
+    std::fs::write(&proxy.config_path, config("256k").render()).expect("rewrite");
     let reloaded = wait_until(Duration::from_secs(10), || {
         proxy.stderr().contains("config reloaded")
     })

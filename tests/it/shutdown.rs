@@ -9,26 +9,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{channel_body, client, text_response, wait_until, Backend, Proxy};
+use crate::common::{
+    channel_body, client, text_response, wait_until, Backend, Proxy, Route, TestConfig,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-fn routes(backend: &Backend) -> String {
-    format!(
-        "[access_log]\npath = \"off\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"app\"\nprefix = \"/\"\nupstream = \"app\"\n",
-        backend.addr
-    )
+fn routes(backend: &Backend) -> TestConfig {
+    TestConfig::new()
+        .upstream("app", [backend.addr])
+        .route(Route::prefix("app", "/").to("app"))
 }
 
-/// A proxy whose `[server]` table has `grace_period = grace` (the harness's `start`
-/// writes its own `[server]` table, hence `start_raw`).
+/// A proxy whose `[server]` table has `grace_period = grace` (not the 2 s of
+/// [`Proxy::with`], hence `with_listener`).
 fn proxy_with_grace(backend: &Backend, grace: &str) -> Proxy {
-    let port = common::free_port();
-    let config = format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\ngrace_period = \"{grace}\"\n{}",
-        routes(backend)
-    );
-    Proxy::start_raw(&config, port, &[])
+    let config = routes(backend)
+        .set("server.threads", 2)
+        .set("server.grace_period", grace);
+    Proxy::with_listener(&config, &[])
 }
 
 /// A backend that answers `/slow` after `delay` and streams `/stream` forever (a chunk

@@ -5,7 +5,7 @@ use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::{channel_body, full, Backend, Proxy, Recorded};
+use crate::common::{channel_body, full, Backend, Proxy, Recorded, Route, TestConfig};
 use bytes::Bytes;
 use hyper::Response;
 
@@ -85,27 +85,19 @@ async fn sse_backend(gone: Arc<Mutex<Option<Instant>>>) -> Backend {
     .await
 }
 
-fn config(backend: &Backend) -> String {
-    format!(
-        r#"
-client_max_body_size = "20m"
-[access_log]
-path = "off"
-[gzip]
-enabled = true
-min_length = 1
-types = ["text/event-stream", "text/plain"]
-[upstreams.workflow]
-servers = ["{}"]
-[[routes]]
-name = "stream"
-prefix = "/"
-upstream = "workflow"
-sse = true
-timeout = "3s"
-"#,
-        backend.addr
-    )
+fn config(backend: &Backend) -> TestConfig {
+    TestConfig::new()
+        .set("server.client_max_body_size", "20m")
+        .set("gzip.enabled", true)
+        .set("gzip.min_length", 1)
+        .set("gzip.types", vec!["text/event-stream", "text/plain"])
+        .upstream("workflow", [backend.addr])
+        .route(
+            Route::prefix("stream", "/")
+                .to("workflow")
+                .set("sse", true)
+                .set("timeout", "3s"),
+        )
 }
 
 struct Setup {
@@ -117,7 +109,7 @@ struct Setup {
 async fn setup(relay: bool) -> Setup {
     let gone = Arc::new(Mutex::new(None));
     let backend = sse_backend(gone.clone()).await;
-    let proxy = Proxy::start_on(relay, &config(&backend));
+    let proxy = Proxy::with_relay(relay, &config(&backend));
     Setup {
         backend,
         proxy,
@@ -320,7 +312,7 @@ async fn upstream_dying_mid_stream_ends_the_client_stream_and_is_logged(relay: b
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("dying", addr));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("dying", addr));
     let mut resp = common::client()
         .get(proxy.url("/x"))
         .send()
@@ -359,7 +351,7 @@ async fn client_leaving_before_the_answer_starts_closes_the_upstream_at_once(rel
         }
     })
     .await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("slow", addr));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("slow", addr));
     let mut client = tokio::net::TcpStream::connect(proxy.addr)
         .await
         .expect("connect");
@@ -425,15 +417,17 @@ async fn the_connection_stays_open_for_the_next_request_after_a_stream(relay: bo
 async fn hop_by_hop_headers_are_not_forwarded(relay: bool) {
     let s = setup(relay).await;
     let upstream = Backend::start(|_req: Recorded| async { Response::new(full("ok")) }).await;
-    let proxy = Proxy::start_on(
+    let proxy = Proxy::with_relay(
         relay,
-        &format!(
-            "[access_log]\npath = \"off\"\n[upstreams.sse]\nservers = [\"{}\"]\n\
-         [upstreams.plain]\nservers = [\"{}\"]\n\
-         [[routes]]\nname = \"stream\"\nprefix = \"/events\"\nupstream = \"sse\"\nsse = true\n\
-         [[routes]]\nname = \"plain\"\nprefix = \"/\"\nupstream = \"plain\"\n",
-            s.backend.addr, upstream.addr
-        ),
+        &TestConfig::new()
+            .upstream("sse", [s.backend.addr])
+            .upstream("plain", [upstream.addr])
+            .route(
+                Route::prefix("stream", "/events")
+                    .to("sse")
+                    .set("sse", true),
+            )
+            .route(Route::prefix("plain", "/").to("plain")),
     );
     for (path, backend) in [("/events?n=1", &s.backend), ("/plain", &upstream)] {
         let resp = common::client()
@@ -471,7 +465,7 @@ async fn interim_answers_before_the_stream_are_not_relayed(relay: bool) {
         let _ = stream.write_all(answer.as_bytes()).await;
     })
     .await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("hints", addr));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("hints", addr));
     let resp = common::client()
         .get(proxy.url("/chat"))
         .send()
@@ -486,14 +480,13 @@ async fn interim_answers_before_the_stream_are_not_relayed(relay: bool) {
 async fn a_stream_is_logged_when_it_ends_with_the_bytes_sent(relay: bool) {
     let gone = Arc::new(Mutex::new(None));
     let backend = sse_backend(gone).await;
-    let proxy = Proxy::start_on(
+    let proxy = Proxy::with_relay(
         relay,
-        &format!(
-            "[access_log]\npath = \"access.log\"\nformat = \"json\"\n[upstreams.workflow]\n\
-         servers = [\"{}\"]\n[[routes]]\nname = \"stream\"\nprefix = \"/\"\n\
-         upstream = \"workflow\"\nsse = true\n",
-            backend.addr
-        ),
+        &TestConfig::new()
+            .set("access_log.path", "access.log")
+            .set("access_log.format", "json")
+            .upstream("workflow", [backend.addr])
+            .route(Route::prefix("stream", "/").to("workflow").set("sse", true)),
     );
     let log = proxy.dir().join("access.log");
     let lines = || {

@@ -68,7 +68,7 @@ async fn a_content_length_answer_is_passed_on_and_both_connections_kept(relay: b
         }
     })
     .await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("sized", addr));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("sized", addr));
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     for round in 0..2 {
         let head = ask(&mut client, b"GET /s HTTP/1.1\r\nHost: edge\r\n\r\n", round).await;
@@ -99,7 +99,7 @@ async fn an_answer_until_close_reaches_an_http_1_1_client_in_chunks(relay: bool)
         let _ = stream.write_all(b"data: b\n\n").await;
     })
     .await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("open-ended", addr));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("open-ended", addr));
     let response = common::client()
         .get(proxy.url("/s"))
         .send()
@@ -133,7 +133,7 @@ async fn chunks_split_across_reads_reach_an_http_1_0_client_until_close(relay: b
         }
     })
     .await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("old-client", addr));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("old-client", addr));
     let response = common::raw_request(proxy.addr, b"GET /s HTTP/1.0\r\nHost: edge\r\n\r\n").await;
     let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -153,7 +153,7 @@ async fn a_head_answer_has_no_body_to_wait_for(relay: bool) {
         }
     })
     .await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("head", addr));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("head", addr));
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     for round in 0..2 {
         let head = ask(

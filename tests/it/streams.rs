@@ -11,7 +11,7 @@ use hyper::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{self, channel_body, Backend, Proxy};
+use crate::common::{self, channel_body, Backend, Proxy, Route, TestConfig};
 
 const EVENT_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
                           Transfer-Encoding: chunked\r\n\r\n";
@@ -109,27 +109,20 @@ async fn setup(relay: bool) -> Setup {
     let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let log = dir.join("access.log");
-    let proxy = Proxy::start_on(
+    let proxy = Proxy::with_relay(
         relay,
-        &format!(
-            r#"
-[access_log]
-path = "{}"
-format = "json"
-[metrics]
-listen = "{metrics}"
-[upstreams.up]
-servers = ["{upstream}"]
-[[routes]]
-name = "s"
-prefix = "/"
-upstream = "up"
-sse = true
-timeout = "2s"
-sse_heartbeat = "300ms"
-"#,
-            log.display()
-        ),
+        &TestConfig::new()
+            .set("access_log.path", log.display().to_string())
+            .set("access_log.format", "json")
+            .set("metrics.listen", metrics.to_string())
+            .upstream("up", [upstream])
+            .route(
+                Route::prefix("s", "/")
+                    .to("up")
+                    .set("sse", true)
+                    .set("timeout", "2s")
+                    .set("sse_heartbeat", "300ms"),
+            ),
     );
     Setup {
         proxy,
@@ -356,27 +349,15 @@ async fn an_event_stream_on_a_plain_route_flows_uncompressed(relay: bool) {
     })
     .await;
     let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let proxy = Proxy::start_on(
+    let proxy = Proxy::with_relay(
         relay,
-        &format!(
-            r#"
-[access_log]
-path = "off"
-[metrics]
-listen = "{metrics}"
-[gzip]
-enabled = true
-min_length = 1
-types = ["text/event-stream", "text/plain"]
-[upstreams.hub]
-servers = ["{}"]
-[[routes]]
-name = "console-api"
-prefix = "/console-api/"
-upstream = "hub"
-"#,
-            backend.addr
-        ),
+        &TestConfig::new()
+            .set("metrics.listen", metrics.to_string())
+            .set("gzip.enabled", true)
+            .set("gzip.min_length", 1)
+            .set("gzip.types", vec!["text/event-stream", "text/plain"])
+            .upstream("hub", [backend.addr])
+            .route(Route::prefix("console-api", "/console-api/").to("hub")),
     );
     let mut resp = common::client()
         .get(proxy.url("/console-api/workflow/resume"))
@@ -442,7 +423,7 @@ async fn closing_upstream(idle: Duration) -> SocketAddr {
 async fn requests_on_connections_the_upstream_closes_idle_do_not_fail(relay: bool) {
     let idle = Duration::from_secs(1);
     let upstream = closing_upstream(idle).await;
-    let proxy = Proxy::start_on(relay, &common::sse_route_to("pooled", upstream));
+    let proxy = Proxy::with_relay(relay, &common::sse_route_to("pooled", upstream));
     let client = common::client();
     for round in 0..6 {
         let resp = if round % 2 == 0 {
@@ -463,15 +444,14 @@ async fn an_expected_chunked_body_over_the_limit_gets_413(relay: bool) {
     let backend = Backend::echo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    let proxy = Proxy::start_on(
+    let proxy = Proxy::with_relay(
         relay,
-        &format!(
-            "client_max_body_size = \"1k\"\n[access_log]\npath = \"{}\"\nformat = \"json\"\n\
-             [upstreams.workflow]\nservers = [\"{}\"]\n[[routes]]\nname = \"up\"\nprefix = \"/\"\n\
-             upstream = \"workflow\"\nsse = true\n",
-            log.display(),
-            backend.addr
-        ),
+        &TestConfig::new()
+            .set("server.client_max_body_size", "1k")
+            .set("access_log.path", log.display().to_string())
+            .set("access_log.format", "json")
+            .upstream("workflow", [backend.addr])
+            .route(Route::prefix("up", "/").to("workflow").set("sse", true)),
     );
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     client
@@ -520,12 +500,19 @@ async fn a_stream_cut_by_the_shutdown_is_reported() {
     let upstream = stream_upstream(Seen::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    // A route timeout past the grace period (2 s, see `Proxy::start`).
-    let mut proxy = Proxy::start(&format!(
-        "[access_log]\npath = \"{}\"\nformat = \"json\"\n[upstreams.up]\nservers = [\"{upstream}\"]\n\
-         [[routes]]\nname = \"s\"\nprefix = \"/\"\nupstream = \"up\"\nsse = true\ntimeout = \"30s\"\n",
-        log.display()
-    ));
+    // A route timeout past the grace period (2 s, see `Proxy::with`).
+    let mut proxy = Proxy::with(
+        &TestConfig::new()
+            .set("access_log.path", log.display().to_string())
+            .set("access_log.format", "json")
+            .upstream("up", [upstream])
+            .route(
+                Route::prefix("s", "/")
+                    .to("up")
+                    .set("sse", true)
+                    .set("timeout", "30s"),
+            ),
+    );
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     client
         .write_all(b"GET /idle HTTP/1.1\r\nHost: edge\r\n\r\n")
@@ -582,13 +569,19 @@ async fn http2_clients_see_a_reset_for_each_cut_and_an_end_for_a_clean_end() {
     std::fs::write(&key, certified.key_pair.serialize_pem()).expect("key");
     let upstream = stream_upstream(Seen::default()).await;
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let proxy = Proxy::start(&format!(
-        "[server.tls]\nlisten = [\"{tls_addr}\"]\ncert = \"{}\"\nkey = \"{}\"\n\
-         [access_log]\npath = \"off\"\n[upstreams.up]\nservers = [\"{upstream}\"]\n\
-         [[routes]]\nname = \"s\"\nprefix = \"/\"\nupstream = \"up\"\nsse = true\ntimeout = \"1s\"\n",
-        cert.display(),
-        key.display()
-    ));
+    let proxy = Proxy::with(
+        &TestConfig::new()
+            .set("server.tls.listen", vec![tls_addr.to_string()])
+            .set("server.tls.cert", cert.display().to_string())
+            .set("server.tls.key", key.display().to_string())
+            .upstream("up", [upstream])
+            .route(
+                Route::prefix("s", "/")
+                    .to("up")
+                    .set("sse", true)
+                    .set("timeout", "1s"),
+            ),
+    );
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .no_proxy()
@@ -625,16 +618,18 @@ async fn a_stream_span_carries_its_ttfb_events_and_end(relay: bool) {
     use crate::telemetry_otlp::{attributes, start_collector, wait_for_span, FAST_EXPORT};
     let (collector, collector_addr) = start_collector().await;
     let upstream = stream_upstream(Seen::default()).await;
-    let port = common::free_port();
-    let proxy = Proxy::start_raw(
-        &format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nsse_relay = {relay}\n\
-             [access_log]\npath = \"off\"\n[telemetry]\nenabled = true\n\
-             endpoint = \"http://{collector_addr}\"\n[upstreams.up]\nservers = [\"{upstream}\"]\n\
-             [[routes]]\nname = \"traced\"\nprefix = \"/\"\nupstream = \"up\"\nsse = true\n\
-             timeout = \"1s\"\n"
-        ),
-        port,
+    let proxy = Proxy::with_listener(
+        &TestConfig::new()
+            .set("server.sse_relay", relay)
+            .set("telemetry.enabled", true)
+            .set("telemetry.endpoint", format!("http://{collector_addr}"))
+            .upstream("up", [upstream])
+            .route(
+                Route::prefix("traced", "/")
+                    .to("up")
+                    .set("sse", true)
+                    .set("timeout", "1s"),
+            ),
         FAST_EXPORT,
     );
     raw_get(&proxy, "/clean").await;

@@ -6,24 +6,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{wait_until, Backend, Proxy};
+use crate::common::{wait_until, Backend, Proxy, Route, TestConfig};
 
-fn config(path: &str, format: &str, app: SocketAddr) -> String {
-    format!(
-        r#"
-[access_log]
-path = "{path}"
-format = "{format}"
-
-[upstreams.app]
-servers = ["{app}"]
-
-[[routes]]
-name = "api"
-prefix = "/api/"
-upstream = "app"
-"#
-    )
+fn config(path: &str, format: &str, app: SocketAddr) -> TestConfig {
+    TestConfig::new()
+        .set("access_log.path", path)
+        .set("access_log.format", format)
+        .upstream("app", [app])
+        .route(Route::prefix("api", "/api/").to("app"))
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -50,7 +40,7 @@ const MAIN: &str = concat!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn main_lines_match_nginx_field_by_field_and_health_is_not_logged() {
     let app = Backend::echo().await;
-    let proxy = Proxy::start(&config("access.log", "main", app.addr));
+    let proxy = Proxy::with(&config("access.log", "main", app.addr));
     let log = proxy.dir().join("access.log");
     let client = common::client();
     // The readiness probes of the harness are health requests: none may be logged.
@@ -111,7 +101,7 @@ async fn main_lines_match_nginx_field_by_field_and_health_is_not_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_parse_with_the_spec_fields() {
     let app = Backend::echo().await;
-    let proxy = Proxy::start(&config("stdout", "json", app.addr));
+    let proxy = Proxy::with(&config("stdout", "json", app.addr));
     let response = common::client()
         .post(proxy.url("/api/run?stream=1"))
         .header("user-agent", "sdk/2")
@@ -158,7 +148,7 @@ async fn json_lines_parse_with_the_spec_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_reopens_the_log_file() {
     let app = Backend::echo().await;
-    let proxy = Proxy::start(&config("access.log", "main", app.addr));
+    let proxy = Proxy::with(&config("access.log", "main", app.addr));
     let log = proxy.dir().join("access.log");
     let rotated = proxy.dir().join("access.log.1");
     let client = common::client();

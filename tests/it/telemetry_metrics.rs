@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::{channel_body, Backend, Proxy, Recorded};
+use crate::common::{channel_body, Backend, Proxy, Recorded, Route, TestConfig};
 use bytes::Bytes;
 
 /// One series: metric name and its labels.
@@ -96,39 +96,15 @@ fn delta(before: &HashMap<Series, f64>, after: &HashMap<Series, f64>, s: &Series
     after.get(s).copied().unwrap_or(0.0) - before.get(s).copied().unwrap_or(0.0)
 }
 
-fn config(metrics: SocketAddr, app: SocketAddr) -> String {
-    format!(
-        r#"
-[access_log]
-path = "off"
-
-[metrics]
-listen = "{metrics}"
-
-[upstreams.app]
-servers = ["{app}"]
-
-[upstreams.dead]
-servers = ["127.0.0.1:{closed}"]
-connect_timeout = "1s"
-
-[[routes]]
-name = "api"
-prefix = "/api/"
-upstream = "app"
-
-[[routes]]
-name = "gone"
-exact = "/gone"
-return = 410
-
-[[routes]]
-name = "dead"
-prefix = "/dead/"
-upstream = "dead"
-"#,
-        closed = common::free_port()
-    )
+fn config(metrics: SocketAddr, app: SocketAddr) -> TestConfig {
+    TestConfig::new()
+        .set("metrics.listen", metrics.to_string())
+        .upstream("app", [app])
+        .upstream("dead", [format!("127.0.0.1:{}", common::free_port())])
+        .set("upstreams.dead.connect_timeout", "1s")
+        .route(Route::prefix("api", "/api/").to("app"))
+        .route(Route::exact("gone", "/gone").set("return", 410))
+        .route(Route::prefix("dead", "/dead/").to("dead"))
 }
 
 fn metrics_addr() -> SocketAddr {
@@ -139,7 +115,7 @@ fn metrics_addr() -> SocketAddr {
 async fn counters_move_by_exactly_the_requests_made() {
     let app = Backend::echo().await;
     let metrics = metrics_addr();
-    let proxy = Proxy::start(&config(metrics, app.addr));
+    let proxy = Proxy::with(&config(metrics, app.addr));
     let client = common::client();
     let before = settled_scrape(metrics).await;
 
@@ -268,7 +244,7 @@ impl XorShift {
 async fn random_paths_and_methods_create_no_new_label_values() {
     let app = Backend::echo().await;
     let metrics = metrics_addr();
-    let proxy = Proxy::start(&config(metrics, app.addr));
+    let proxy = Proxy::with(&config(metrics, app.addr));
     let client = common::client();
     // Warm the series every route can have, then count.
     for path in ["/api/x", "/gone", "/nope"] {
@@ -374,26 +350,17 @@ async fn sse_gauge_goes_up_and_down() {
     })
     .await;
     let metrics = metrics_addr();
-    let proxy = Proxy::start(&format!(
-        r#"
-[access_log]
-path = "off"
-
-[metrics]
-listen = "{metrics}"
-
-[upstreams.events]
-servers = ["{}"]
-
-[[routes]]
-name = "events"
-prefix = "/events/"
-upstream = "events"
-sse = true
-timeout = "60s"
-"#,
-        backend.addr
-    ));
+    let proxy = Proxy::with(
+        &TestConfig::new()
+            .set("metrics.listen", metrics.to_string())
+            .upstream("events", [backend.addr])
+            .route(
+                Route::prefix("events", "/events/")
+                    .to("events")
+                    .set("sse", true)
+                    .set("timeout", "60s"),
+            ),
+    );
     let active = series("edge_sse_streams_active", &[("route", "events")]);
     let in_flight = series("edge_http_requests_in_flight", &[("route", "events")]);
     let gauge = |s: &Series, scrape: &HashMap<Series, f64>| scrape.get(s).copied().unwrap_or(0.0);
@@ -463,7 +430,7 @@ async fn a_real_prometheus_scrapes_the_proxy() {
     };
     let app = Backend::echo().await;
     let metrics = metrics_addr();
-    let proxy = Proxy::start(&config(metrics, app.addr));
+    let proxy = Proxy::with(&config(metrics, app.addr));
     let client = common::client();
     for _ in 0..3 {
         let response = client

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{text_response, wait_until, Backend, Proxy};
+use crate::common::{text_response, wait_until, Backend, Proxy, Route, TestConfig};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -183,53 +183,29 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The upstream answers 200; the auth service allows everything.
-fn config(collector: &str, protocol: &str, app: SocketAddr, auth: SocketAddr) -> String {
-    format!(
-        r#"
-[access_log]
-path = "access.log"
-format = "json"
-
-[telemetry]
-enabled = true
-endpoint = "{collector}"
-protocol = "{protocol}"
-service_name = "edge-under-test"
-metrics_interval = "300ms"
-
-[upstreams.app]
-servers = ["{app}"]
-
-[upstreams.authsvc]
-servers = ["{auth}"]
-
-[upstreams.down]
-servers = ["127.0.0.1:{closed}"]
-connect_timeout = "1s"
-
-[auth.gate]
-upstream = "authsvc"
-path = "/check"
-timeout = "5s"
-
-[[routes]]
-name = "api"
-prefix = "/api/"
-upstream = "app"
-
-[[routes]]
-name = "secure"
-prefix = "/secure/"
-upstream = "app"
-auth = "gate"
-
-[[routes]]
-name = "broken"
-prefix = "/broken/"
-upstream = "down"
-"#,
-        closed = common::free_port(),
-    )
+fn config(collector: &str, protocol: &str, app: SocketAddr, auth: SocketAddr) -> TestConfig {
+    TestConfig::new()
+        .set("access_log.path", "access.log")
+        .set("access_log.format", "json")
+        .set("telemetry.enabled", true)
+        .set("telemetry.endpoint", collector)
+        .set("telemetry.protocol", protocol)
+        .set("telemetry.service_name", "edge-under-test")
+        .set("telemetry.metrics_interval", "300ms")
+        .upstream("app", [app])
+        .upstream("authsvc", [auth])
+        .upstream("down", [format!("127.0.0.1:{}", common::free_port())])
+        .set("upstreams.down.connect_timeout", "1s")
+        .set("auth.gate.upstream", "authsvc")
+        .set("auth.gate.path", "/check")
+        .set("auth.gate.timeout", "5s")
+        .route(Route::prefix("api", "/api/").to("app"))
+        .route(
+            Route::prefix("secure", "/secure/")
+                .to("app")
+                .set("auth", "gate"),
+        )
+        .route(Route::prefix("broken", "/broken/").to("down"))
 }
 
 /// Exports quickly, so the tests wait milliseconds rather than the default 5 s.
@@ -242,7 +218,7 @@ async fn edge_with_collector() -> (Collector, Backend, Backend, Proxy) {
     let (collector, addr) = start_collector().await;
     let app = Backend::echo().await;
     let auth = Backend::start(|_| async { text_response(200, "ok") }).await;
-    let proxy = Proxy::start_with_env(
+    let proxy = Proxy::with_env(
         &config(&format!("http://{addr}"), "grpc", app.addr, auth.addr),
         FAST_EXPORT,
     );
@@ -522,28 +498,16 @@ async fn http_protobuf_export_and_environment_overrides() {
     let receiver = otlp_http_receiver().await;
     let app = Backend::echo().await;
     // The table says off and points elsewhere: the environment turns it on and redirects.
-    let table = format!(
-        r#"
-[access_log]
-path = "off"
-
-[telemetry]
-enabled = false
-endpoint = "http://127.0.0.1:{closed}"
-
-[upstreams.app]
-servers = ["{app}"]
-
-[[routes]]
-name = "api"
-prefix = "/api/"
-upstream = "app"
-"#,
-        closed = common::free_port(),
-        app = app.addr
-    );
+    let table = TestConfig::new()
+        .set("telemetry.enabled", false)
+        .set(
+            "telemetry.endpoint",
+            format!("http://127.0.0.1:{}", common::free_port()),
+        )
+        .upstream("app", [app.addr])
+        .route(Route::prefix("api", "/api/").to("app"));
     let endpoint = format!("http://{}", receiver.addr);
-    let proxy = Proxy::start_with_env(
+    let proxy = Proxy::with_env(
         &table,
         &[
             ("OTLP_ENABLE", "1"),
@@ -612,9 +576,8 @@ async fn pending_spans_and_metrics_are_flushed_at_shutdown() {
     let auth = Backend::start(|_| async { text_response(200, "ok") }).await;
     // Nothing is exported on a schedule within the test: only the shutdown flush can.
     let config = config(&format!("http://{addr}"), "grpc", app.addr, auth.addr)
-        .replace("metrics_interval = \"300ms\"", "metrics_interval = \"10m\"");
-    let mut proxy =
-        Proxy::start_with_env(&config, &[("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "600000")]);
+        .set("telemetry.metrics_interval", "10m");
+    let mut proxy = Proxy::with_env(&config, &[("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "600000")]);
     let response = common::client()
         .get(proxy.url("/api/last"))
         .send()
@@ -653,30 +616,14 @@ async fn pending_spans_and_metrics_are_flushed_at_shutdown() {
 async fn requests_unaffected_by(collector: &str) -> u64 {
     let app = Backend::echo().await;
     let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let body = format!(
-        r#"
-[access_log]
-path = "off"
-
-[metrics]
-listen = "{metrics}"
-
-[telemetry]
-enabled = true
-endpoint = "{collector}"
-metrics_interval = "200ms"
-
-[upstreams.app]
-servers = ["{app}"]
-
-[[routes]]
-name = "api"
-prefix = "/"
-upstream = "app"
-"#,
-        app = app.addr
-    );
-    let mut proxy = Proxy::start_with_env(
+    let body = TestConfig::new()
+        .set("metrics.listen", metrics.to_string())
+        .set("telemetry.enabled", true)
+        .set("telemetry.endpoint", collector)
+        .set("telemetry.metrics_interval", "200ms")
+        .upstream("app", [app.addr])
+        .route(Route::prefix("api", "/").to("app"));
+    let mut proxy = Proxy::with_env(
         &body,
         &[
             ("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "50"),
@@ -788,49 +735,19 @@ async fn error_and_slow_spans_are_kept_at_sampling_ratio_zero() {
     })
     .await;
     let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let proxy = Proxy::start_with_env(
-        &format!(
-            r#"
-[access_log]
-path = "off"
-
-[metrics]
-listen = "{metrics}"
-
-[telemetry]
-enabled = true
-endpoint = "http://{addr}"
-sampling_ratio = 0.0
-slow_threshold = "300ms"
-
-[upstreams.app]
-servers = ["{app}"]
-
-[upstreams.slow]
-servers = ["{slow}"]
-
-[upstreams.down]
-servers = ["127.0.0.1:{closed}"]
-
-[[routes]]
-name = "api"
-prefix = "/api/"
-upstream = "app"
-
-[[routes]]
-name = "lagging"
-prefix = "/lagging/"
-upstream = "slow"
-
-[[routes]]
-name = "broken"
-prefix = "/broken/"
-upstream = "down"
-"#,
-            app = app.addr,
-            slow = slow.addr,
-            closed = common::free_port(),
-        ),
+    let proxy = Proxy::with_env(
+        &TestConfig::new()
+            .set("metrics.listen", metrics.to_string())
+            .set("telemetry.enabled", true)
+            .set("telemetry.endpoint", format!("http://{addr}"))
+            .set("telemetry.sampling_ratio", 0.0)
+            .set("telemetry.slow_threshold", "300ms")
+            .upstream("app", [app.addr])
+            .upstream("slow", [slow.addr])
+            .upstream("down", [format!("127.0.0.1:{}", common::free_port())])
+            .route(Route::prefix("api", "/api/").to("app"))
+            .route(Route::prefix("lagging", "/lagging/").to("slow"))
+            .route(Route::prefix("broken", "/broken/").to("down")),
         FAST_EXPORT,
     );
     let client = common::client();
@@ -905,11 +822,9 @@ async fn grpc_export_is_gzip_compressed() {
     let (collector, addr) = start_collector().await;
     let app = Backend::echo().await;
     let auth = Backend::start(|_| async { text_response(200, "ok") }).await;
-    let table = config(&format!("http://{addr}"), "grpc", app.addr, auth.addr).replace(
-        "metrics_interval",
-        "compression = \"gzip\"\nmetrics_interval",
-    );
-    let proxy = Proxy::start_with_env(&table, FAST_EXPORT);
+    let table = config(&format!("http://{addr}"), "grpc", app.addr, auth.addr)
+        .set("telemetry.compression", "gzip");
+    let proxy = Proxy::with_env(&table, FAST_EXPORT);
     let response = common::client()
         .get(proxy.url("/api/zipped"))
         .send()
@@ -942,29 +857,14 @@ async fn http_export_is_gzip_compressed_from_the_environment() {
     use std::io::Read as _;
     let receiver = otlp_http_receiver().await;
     let app = Backend::echo().await;
-    let table = format!(
-        r#"
-[access_log]
-path = "off"
-
-[telemetry]
-enabled = true
-endpoint = "http://{receiver}"
-protocol = "http/protobuf"
-metrics_interval = "300ms"
-
-[upstreams.app]
-servers = ["{app}"]
-
-[[routes]]
-name = "api"
-prefix = "/api/"
-upstream = "app"
-"#,
-        receiver = receiver.addr,
-        app = app.addr
-    );
-    let proxy = Proxy::start_with_env(
+    let table = TestConfig::new()
+        .set("telemetry.enabled", true)
+        .set("telemetry.endpoint", format!("http://{}", receiver.addr))
+        .set("telemetry.protocol", "http/protobuf")
+        .set("telemetry.metrics_interval", "300ms")
+        .upstream("app", [app.addr])
+        .route(Route::prefix("api", "/api/").to("app"));
+    let proxy = Proxy::with_env(
         &table,
         &[
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
@@ -1024,13 +924,13 @@ async fn a_reload_moves_the_export_to_another_collector() {
     let auth = Backend::start(|_| async { text_response(200, "ok") }).await;
     let table =
         |collector: SocketAddr| config(&format!("http://{collector}"), "grpc", app.addr, auth.addr);
-    let proxy = Proxy::start_with_env(&table(first_addr), FAST_EXPORT);
+    let proxy = Proxy::with_env(&table(first_addr), FAST_EXPORT);
     let client = common::client();
     let get = |path: &'static str| client.get(proxy.url(path)).send();
     assert_eq!(get("/api/before").await.expect("before").status(), 200);
     wait_for_span(&first, "GET api").await;
 
-    std::fs::write(&proxy.config_path, table(second_addr)).expect("rewrite config");
+    std::fs::write(&proxy.config_path, table(second_addr).render()).expect("rewrite config");
     let reloaded = wait_until(Duration::from_secs(10), || {
         proxy.stderr().contains("config reloaded")
     })

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{client, wait_until, Backend, Proxy};
+use crate::common::{client, wait_until, Backend, Proxy, Route, TestConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 /// The name the certificates are made for; the client resolves it to the proxy.
@@ -119,6 +119,7 @@ impl Setup {
     }
 }
 
+/// `[server.tls]` as text, for a config whose positions are under test.
 fn tls_table(tls_addr: SocketAddr, cert: &Path, key: &Path) -> String {
     format!(
         "[server.tls]\nlisten = [\"{tls_addr}\"]\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -139,11 +140,14 @@ async fn setup() -> Setup {
     std::fs::write(&key, &first.key_pem).expect("write key");
     let backend = Backend::echo().await;
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let proxy = Proxy::start(&format!(
-        "{}[access_log]\npath = \"off\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"app\"\nprefix = \"/\"\nupstream = \"app\"\n",
-        tls_table(tls_addr, &cert, &key),
-        backend.addr
-    ));
+    let proxy = Proxy::with(
+        &TestConfig::new()
+            .set("server.tls.listen", vec![tls_addr.to_string()])
+            .set("server.tls.cert", cert.display().to_string())
+            .set("server.tls.key", key.display().to_string())
+            .upstream("app", [backend.addr])
+            .route(Route::prefix("app", "/").to("app")),
+    );
     Setup {
         pki,
         first,
@@ -249,8 +253,14 @@ async fn key_of_another_certificate_is_refused_and_the_running_one_stays() {
     let s = setup().await;
     let other = s.pki.leaf();
     replace(&s.key_path(), &other.key_pem);
-    // [server] takes lines 1-4, [server.tls] starts at 5: `key = "` is line 8.
-    let key_position = format!("{}:8:7: ", s.proxy.config_path.display());
+    // The line of `key = "` in the config as the harness wrote it; its value starts at column 7.
+    let config = std::fs::read_to_string(&s.proxy.config_path).expect("config");
+    let key_line = config
+        .lines()
+        .position(|l| l.starts_with("key = "))
+        .expect("a key line")
+        + 1;
+    let key_position = format!("{}:{key_line}:7: ", s.proxy.config_path.display());
     assert!(
         wait_until(Duration::from_secs(2), || s
             .proxy

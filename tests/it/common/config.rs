@@ -3,9 +3,9 @@
 //!
 //! ```ignore
 //! let config = TestConfig::new()
-//!     .upstream("app", backend.addr)
+//!     .upstream("app", [backend.addr])
 //!     .route(Route::prefix("app-route", "/").to("app").set("sse", true));
-//! let proxy = Proxy::start(&config.render());
+//! let proxy = Proxy::with(&config);
 //! ```
 
 use std::fmt::Display;
@@ -39,6 +39,13 @@ impl TestConfig {
     /// creating the tables on the way.
     pub(crate) fn set(mut self, dotted: &str, value: impl Into<Value>) -> TestConfig {
         set_dotted(&mut self.table, dotted, value.into());
+        self
+    }
+
+    /// Removes a key by its dotted path (`"access_log.path"`: back to the default, stdout,
+    /// for a test that logs where the proxy logs when no path is set).
+    pub(crate) fn unset(mut self, dotted: &str) -> TestConfig {
+        unset_dotted(&mut self.table, dotted);
         self
     }
 
@@ -88,6 +95,11 @@ impl Route {
         Route::matcher(name, "exact", path)
     }
 
+    /// A route matched by the regex `pattern` (nginx's `location ~ PATTERN`).
+    pub(crate) fn regex(name: &str, pattern: &str) -> Route {
+        Route::matcher(name, "regex", pattern)
+    }
+
     /// Proxies to the upstream `name`.
     pub(crate) fn to(self, upstream: &str) -> Route {
         self.set("upstream", upstream)
@@ -111,6 +123,22 @@ fn set_dotted(table: &mut Table, dotted: &str, value: Value) {
             match inner {
                 Value::Table(inner) => set_dotted(inner, rest, value),
                 other => panic!("{head} is {other:?}, not a table"),
+            }
+        }
+    }
+}
+
+fn unset_dotted(table: &mut Table, dotted: &str) {
+    match dotted.split_once('.') {
+        None => {
+            table.remove(dotted);
+        }
+        Some((head, rest)) => {
+            if let Some(Value::Table(inner)) = table.get_mut(head) {
+                unset_dotted(inner, rest);
+                if inner.is_empty() {
+                    table.remove(head);
+                }
             }
         }
     }

@@ -223,24 +223,37 @@ impl Proxy {
         Proxy::start_with_env(body, &[])
     }
 
-    /// [`Proxy::start`] with `server.sse_relay` set: SSE routes relayed off Pingora's
-    /// pipeline (`true`, the default) or left in it.
-    pub(crate) fn start_on(relay: bool, body: &str) -> Proxy {
-        Proxy::start(&format!("sse_relay = {relay}\n{body}"))
-    }
-
     /// Starts `config` with a listener on a free port, 2 threads and a 2 s grace period.
     pub(crate) fn with(config: &TestConfig) -> Proxy {
+        Proxy::with_env(config, &[])
+    }
+
+    /// [`Proxy::with`] with `server.sse_relay` set: SSE routes relayed off Pingora's
+    /// pipeline (`true`, the default) or left in it.
+    pub(crate) fn with_relay(relay: bool, config: &TestConfig) -> Proxy {
+        Proxy::with(&config.clone().set("server.sse_relay", relay))
+    }
+
+    /// [`Proxy::with`] with extra environment variables for the proxy.
+    pub(crate) fn with_env(config: &TestConfig, env: &[(&str, &str)]) -> Proxy {
+        let config = config
+            .clone()
+            .set("server.threads", 2)
+            .set("server.grace_period", "2s");
+        Proxy::with_listener(&config, env)
+    }
+
+    /// Starts `config` with only a listener on a free port added: threads and grace period
+    /// stay what `config` says (the proxy's defaults unless set).
+    pub(crate) fn with_listener(config: &TestConfig, env: &[(&str, &str)]) -> Proxy {
         Proxy::start_on_free_port(
             |port| {
                 let config = config
                     .clone()
-                    .set("server.listen", vec![format!("127.0.0.1:{port}")])
-                    .set("server.threads", 2)
-                    .set("server.grace_period", "2s");
+                    .set("server.listen", vec![format!("127.0.0.1:{port}")]);
                 (config.render(), Vec::new())
             },
-            &[],
+            env,
         )
     }
 
@@ -309,12 +322,8 @@ impl Proxy {
         ])
     }
 
-    /// Starts with a complete config whose listener is `127.0.0.1:{port}`.
-    pub(crate) fn start_raw(config: &str, port: u16, env: &[(&str, &str)]) -> Proxy {
-        Proxy::start_named("astron-edge.toml", config, port, env)
-    }
-
-    /// [`Proxy::start_raw`] with the config written as `file_name` (`nginx.conf`: nginx syntax).
+    /// Starts with a complete config, written as `file_name` (`nginx.conf`: nginx syntax),
+    /// whose listener is `127.0.0.1:{port}`.
     pub(crate) fn start_named(
         file_name: &str,
         config: &str,
@@ -355,7 +364,7 @@ impl Proxy {
         )
     }
 
-    /// [`Proxy::start_raw`], or the proxy's stderr when it exited or never became ready.
+    /// [`Proxy::start_named`], or the proxy's stderr when it exited or never became ready.
     fn try_start_raw(
         file_name: &str,
         config: &str,
@@ -597,16 +606,13 @@ where
 }
 
 /// One SSE route `name` to the upstream at `addr`, with a 30 s timeout.
-pub(crate) fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> String {
-    TestConfig::new()
-        .upstream("workflow", [addr])
-        .route(
-            Route::prefix(name, "/")
-                .to("workflow")
-                .set("sse", true)
-                .set("timeout", "30s"),
-        )
-        .render()
+pub(crate) fn sse_route_to(name: &str, addr: std::net::SocketAddr) -> TestConfig {
+    TestConfig::new().upstream("workflow", [addr]).route(
+        Route::prefix(name, "/")
+            .to("workflow")
+            .set("sse", true)
+            .set("timeout", "30s"),
+    )
 }
 
 /// An external tool the test needs (`promtool`, `prometheus`, `nginx`): its path, or `None`
