@@ -365,15 +365,7 @@ async fn requests_the_parser_refuses_get_the_proxys_400_a_log_line_and_a_count()
         "{}",
         access_log(&proxy)
     );
-    let url = format!("http://127.0.0.1:{metrics}/metrics");
-    let text = common::client()
-        .get(url)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = common::metrics_text(format!("127.0.0.1:{metrics}")).await;
     // CONNECT is counted under method `OTHER`: the four refusals, whatever their method.
     let counted: f64 = text
         .lines()

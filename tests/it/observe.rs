@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -273,16 +272,6 @@ async fn rotation_under_concurrent_load_loses_and_splits_no_line() {
     }
 }
 
-/// A child process killed when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The value of `query` for each `instance` Prometheus has a sample of.
 async fn prometheus_values(web: SocketAddr, query: &str) -> HashMap<String, String> {
     let url = format!("http://{web}/api/v1/query");
@@ -332,33 +321,8 @@ async fn prometheus_follows_a_reload_that_moves_the_metrics_listener() {
     };
     let proxy = Proxy::with(&config(old));
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config_file = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n\
-             scrape_configs:\n  - job_name: astron-edge\n    static_configs:\n      - targets: ['{old}', '{new}']\n"
-        ),
-    )
-    .expect("prometheus.yml");
-    let web = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-    let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", config_file.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    let _prometheus = KillOnDrop(child);
-    let prometheus_log =
-        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let prometheus = &common::Prometheus::start(prometheus, "200ms", &[old, new]);
+    let web = prometheus.web;
 
     // Waits (bounded) until Prometheus says `up` is `old_up` / `new_up` for the two.
     let wait_up = |old_up: &'static str, new_up: &'static str| async move {
@@ -373,7 +337,7 @@ async fn prometheus_follows_a_reload_that_moves_the_metrics_listener() {
             assert!(
                 Instant::now() < deadline,
                 "up = {up:?}, wanted {old_up}/{new_up}: {}",
-                prometheus_log()
+                prometheus.log()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -207,15 +207,7 @@ async fn broken_file_is_refused_and_the_old_routes_keep_serving() {
     assert_new_route_applied(&proxy, "fixed file").await;
 
     // One refused and one applied reload, counted (the first load is not a reload).
-    let url = format!("http://{}/metrics", metrics_addr(&metrics));
-    let text = client()
-        .get(url)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = common::metrics_text(metrics_addr(&metrics)).await;
     for expected in [
         "edge_config_reloads_total{result=\"error\"} 1",
         "edge_config_reloads_total{result=\"success\"} 1",

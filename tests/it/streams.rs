@@ -152,22 +152,11 @@ async fn log_lines(log: &std::path::Path, path: &str, n: usize) -> Vec<serde_jso
     read()
 }
 
-async fn scrape(metrics: SocketAddr) -> String {
-    common::client()
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 /// Scrapes until `series` has `want` (bounded), and returns that scrape.
 async fn scrape_until(metrics: SocketAddr, series: &str, want: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = scrape(metrics).await;
+        let text = common::metrics_text(metrics).await;
         if value(&text, series) == Some(want) || Instant::now() > deadline {
             return text;
         }
@@ -252,9 +241,10 @@ async fn clean_ends_carry_the_terminating_chunk_and_cuts_do_not(relay: bool) {
     );
 }
 
-async fn a_client_leaving_is_reported_as_client_closed(relay: bool) {
-    let s = setup(relay).await;
-    let mut client = TcpStream::connect(s.proxy.addr).await.expect("connect");
+/// Opens `GET /idle` on a raw connection and reads until its first event has arrived:
+/// the connection, and the bytes read so far.
+async fn open_idle_stream(proxy: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut client = TcpStream::connect(proxy).await.expect("connect");
     client
         .write_all(b"GET /idle HTTP/1.1\r\nHost: edge\r\n\r\n")
         .await
@@ -266,6 +256,12 @@ async fn a_client_leaving_is_reported_as_client_closed(relay: bool) {
         assert!(n > 0, "closed early");
         seen.extend_from_slice(&buf[..n]);
     }
+    (client, seen)
+}
+
+async fn a_client_leaving_is_reported_as_client_closed(relay: bool) {
+    let s = setup(relay).await;
+    let (client, _) = open_idle_stream(s.proxy.addr).await;
     drop(client);
     let lines = log_lines(&s.log, "/idle", 1).await;
     assert_eq!(lines[0]["stream_end"], "client_closed", "{}", lines[0]);
@@ -289,7 +285,7 @@ async fn content_length_zero_completes_and_the_connection_goes_on(relay: bool) {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["status"], 200);
     assert_eq!(lines[0]["stream_end"], "complete");
-    let text = scrape(s.metrics).await;
+    let text = common::metrics_text(s.metrics).await;
     assert_eq!(
         value(&text, "edge_sse_streams_active{route=\"s\"}"),
         Some(0.0)
@@ -513,18 +509,8 @@ async fn a_stream_cut_by_the_shutdown_is_reported() {
                     .set("timeout", "30s"),
             ),
     );
-    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
-    client
-        .write_all(b"GET /idle HTTP/1.1\r\nHost: edge\r\n\r\n")
-        .await
-        .expect("request");
-    let mut seen = Vec::new();
+    let (mut client, mut seen) = open_idle_stream(proxy.addr).await;
     let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("data: first") {
-        let n = client.read(&mut buf).await.expect("read");
-        assert!(n > 0, "closed early");
-        seen.extend_from_slice(&buf[..n]);
-    }
     proxy.signal("TERM");
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Ok(n) = client.read(&mut buf).await {

@@ -5,7 +5,6 @@
 use crate::common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -412,16 +411,6 @@ async fn sse_gauge_goes_up_and_down() {
     drop(proxy);
 }
 
-/// A child process killed when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_proxy() {
     let Some(prometheus) = common::tool("prometheus", &["/usr/bin/prometheus", "/bin/prometheus"])
@@ -441,31 +430,8 @@ async fn a_real_prometheus_scrapes_the_proxy() {
         assert_eq!(response.status(), 200);
     }
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config_file = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: astron-edge\n    static_configs:\n      - targets: ['{metrics}']\n"
-        ),
-    )
-    .expect("prometheus.yml");
-    let web = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-    let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", config_file.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    let _prometheus = KillOnDrop(child);
+    let prometheus = common::Prometheus::start(prometheus, "1s", &[metrics]);
+    let web = prometheus.web;
 
     let query = format!("http://{web}/api/v1/query?query=edge_http_requests_total");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -483,7 +449,7 @@ async fn a_real_prometheus_scrapes_the_proxy() {
         assert!(
             Instant::now() < deadline,
             "prometheus returned no edge_http_requests_total: {}",
-            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+            prometheus.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };

@@ -655,14 +655,7 @@ async fn requests_unaffected_by(collector: &str) -> u64 {
         started.elapsed()
     );
 
-    let scrape = client
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let scrape = common::metrics_text(metrics).await;
     let dropped = scrape
         .lines()
         .find_map(|l| l.strip_prefix("edge_otlp_spans_dropped_total "))
@@ -797,14 +790,7 @@ async fn error_and_slow_spans_are_kept_at_sampling_ratio_zero() {
         collector.spans()
     );
 
-    let scrape = client
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let scrape = common::metrics_text(metrics).await;
     assert!(
         scrape.contains("edge_trace_spans_kept_total{reason=\"error\"} 1\n"),
         "{scrape}"

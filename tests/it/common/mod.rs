@@ -653,3 +653,68 @@ macro_rules! on_both_paths {
         )*
     };
 }
+
+/// The text of a `GET /metrics` on the proxy's metrics listener.
+pub(crate) async fn metrics_text(metrics: impl std::fmt::Display) -> String {
+    client()
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// A real Prometheus scraping `targets` every `interval`, killed when dropped.
+pub(crate) struct Prometheus {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// Its HTTP API.
+    pub(crate) web: SocketAddr,
+}
+
+impl Prometheus {
+    /// Starts `binary` (from [`tool`]) with its data in a temp dir of its own.
+    pub(crate) fn start(binary: &str, interval: &str, targets: &[SocketAddr]) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_file = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            &config_file,
+            format!(
+                "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n\
+                 scrape_configs:\n  - job_name: astron-edge\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .expect("prometheus.yml");
+        let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus { child, dir, web }
+    }
+
+    /// What Prometheus has logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
