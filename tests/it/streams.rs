@@ -557,9 +557,7 @@ async fn http2_clients_see_a_reset_for_each_cut_and_an_end_for_a_clean_end() {
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let proxy = Proxy::with(
         &TestConfig::new()
-            .set("server.tls.listen", vec![tls_addr.to_string()])
-            .set("server.tls.cert", cert.display().to_string())
-            .set("server.tls.key", key.display().to_string())
+            .tls(tls_addr, &cert, &key)
             .upstream("up", [upstream])
             .route(
                 Route::prefix("s", "/")

@@ -523,12 +523,10 @@ async fn http_protobuf_export_and_environment_overrides() {
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=b"),
         ],
     );
-    let response = common::client()
-        .get(proxy.url("/api/x"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
+    assert_eq!(
+        common::fetch(&proxy, "GET", "/api/x", &[]).await.status,
+        200
+    );
 
     let collector = Collector::default();
     let arrived = wait_until(Duration::from_secs(15), || {
@@ -578,12 +576,10 @@ async fn pending_spans_and_metrics_are_flushed_at_shutdown() {
     let config = config(&format!("http://{addr}"), "grpc", app.addr, auth.addr)
         .set("telemetry.metrics_interval", "10m");
     let mut proxy = Proxy::with_env(&config, &[("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "600000")]);
-    let response = common::client()
-        .get(proxy.url("/api/last"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
+    assert_eq!(
+        common::fetch(&proxy, "GET", "/api/last", &[]).await.status,
+        200
+    );
     let logged_before_exit = wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(proxy.dir().join("access.log")).is_ok_and(|t| !t.is_empty())
     })
@@ -811,12 +807,12 @@ async fn grpc_export_is_gzip_compressed() {
     let table = config(&format!("http://{addr}"), "grpc", app.addr, auth.addr)
         .set("telemetry.compression", "gzip");
     let proxy = Proxy::with_env(&table, FAST_EXPORT);
-    let response = common::client()
-        .get(proxy.url("/api/zipped"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
+    assert_eq!(
+        common::fetch(&proxy, "GET", "/api/zipped", &[])
+            .await
+            .status,
+        200
+    );
     wait_for_span(&collector, "GET api").await;
     let metrics_arrived = wait_until(Duration::from_secs(15), || {
         !collector
@@ -857,12 +853,10 @@ async fn http_export_is_gzip_compressed_from_the_environment() {
             ("OTLP_TRACE_SCHEDULE_DELAY_MILLIS", "100"),
         ],
     );
-    let response = common::client()
-        .get(proxy.url("/api/x"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
+    assert_eq!(
+        common::fetch(&proxy, "GET", "/api/x", &[]).await.status,
+        200
+    );
     let inflate = |body: &[u8]| {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(body)

@@ -129,6 +129,11 @@ fn tls_table(tls_addr: SocketAddr, cert: &Path, key: &Path) -> String {
 }
 
 async fn setup() -> Setup {
+    setup_with(|config| config).await
+}
+
+/// [`setup`] with more settings in the config.
+async fn setup_with(adjust: impl FnOnce(TestConfig) -> TestConfig) -> Setup {
     let pki = Pki::new();
     let first = pki.leaf();
     let certs = tempfile::tempdir().expect("cert dir");
@@ -140,14 +145,12 @@ async fn setup() -> Setup {
     std::fs::write(&key, &first.key_pem).expect("write key");
     let backend = Backend::echo().await;
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let proxy = Proxy::with(
-        &TestConfig::new()
-            .set("server.tls.listen", vec![tls_addr.to_string()])
-            .set("server.tls.cert", cert.display().to_string())
-            .set("server.tls.key", key.display().to_string())
+    let proxy = Proxy::with(&adjust(
+        TestConfig::new()
+            .tls(tls_addr, &cert, &key)
             .upstream("app", [backend.addr])
             .route(Route::prefix("app", "/").to("app")),
-    );
+    ));
     Setup {
         pki,
         first,
@@ -335,28 +338,9 @@ async fn missing_key_file_is_a_config_error() {
 /// (Pingora's own limit is 64 KiB): a larger one is refused, a smaller one served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_headers_are_bounded_by_client_header_max_size() {
-    let pki = Pki::new();
-    let leaf = pki.leaf();
-    let certs = tempfile::tempdir().expect("cert dir");
-    let (cert, key) = (
-        certs.path().join("server.crt"),
-        certs.path().join("server.key"),
-    );
-    std::fs::write(&cert, &leaf.cert_pem).expect("write cert");
-    std::fs::write(&key, &leaf.key_pem).expect("write key");
-    let backend = Backend::echo().await;
-    let tls_addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let proxy = Proxy::with(
-        &common::TestConfig::new()
-            .set("server.client_header_max_size", "8k")
-            .set("server.tls.listen", vec![tls_addr.to_string()])
-            .set("server.tls.cert", cert.display().to_string())
-            .set("server.tls.key", key.display().to_string())
-            .upstream("app", [backend.addr])
-            .route(common::Route::prefix("app", "/").to("app")),
-    );
-    let h2 = pki.https_client(tls_addr, false);
-    let url = format!("https://{HOST}:{}/h", tls_addr.port());
+    let s = setup_with(|config| config.set("server.client_header_max_size", "8k")).await;
+    let h2 = s.pki.https_client(s.tls_addr, false);
+    let url = s.url("/h");
     let small = h2
         .get(&url)
         .header("x-pad", "a".repeat(4 * 1024))
@@ -371,11 +355,11 @@ async fn http2_headers_are_bounded_by_client_header_max_size() {
         .send()
         .await;
     match large {
-        Ok(response) => assert_eq!(response.status(), 431, "{}", proxy.stderr()),
+        Ok(response) => assert_eq!(response.status(), 431, "{}", s.proxy.stderr()),
         Err(e) => assert!(!e.is_timeout(), "refused, not left hanging: {e}"),
     }
     assert_eq!(
-        backend.count(),
+        s.backend.count(),
         1,
         "the refused request reached the upstream"
     );

@@ -62,6 +62,18 @@ impl TestConfig {
         self.set(&format!("upstreams.{name}.servers"), servers)
     }
 
+    /// `[server.tls]`: a TLS listener on `listen` with this certificate and key.
+    pub(crate) fn tls(
+        self,
+        listen: std::net::SocketAddr,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> TestConfig {
+        self.set("server.tls.listen", vec![listen.to_string()])
+            .set("server.tls.cert", cert.display().to_string())
+            .set("server.tls.key", key.display().to_string())
+    }
+
     pub(crate) fn route(mut self, route: Route) -> TestConfig {
         self.routes.push(Value::Table(route.0));
         self
