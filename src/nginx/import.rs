@@ -1662,7 +1662,8 @@ fn proxy_headers(
     let level = &loc.level;
     let mut set: Vec<String> = Vec::new();
     let mut standard = 0;
-    let mut upgrade = false;
+    // nginx passes a WebSocket upgrade where both are set (with HTTP/1.1 upstream).
+    let (mut upgrade_header, mut connection_upgrade) = (None, false);
     for (name, value) in level.proxy_set_header.iter().flatten() {
         let lname = name.text.to_ascii_lowercase();
         let v = value.text.as_str();
@@ -1685,9 +1686,8 @@ fn proxy_headers(
                 )))
             }
             ("connection", "") => {}
-            ("connection", "upgrade" | "$connection_upgrade") | ("upgrade", "$http_upgrade") => {
-                upgrade = true
-            }
+            ("connection", "upgrade" | "$connection_upgrade") => connection_upgrade = true,
+            ("upgrade", "$http_upgrade") => upgrade_header = Some(name.pos.clone()),
             ("x-accel-buffering", "no") if sse => {}
             (_, "") => set.push(format!("{} = \"\"", quote(&name.text))),
             (_, v) if !v.contains('$') => set.push(format!("{} = {}", quote(&name.text), quote(v))),
@@ -1715,8 +1715,10 @@ fn proxy_headers(
     if standard < 4 {
         comments.push("note: astron-edge sends Host ($host), X-Real-IP, X-Forwarded-For and X-Forwarded-Proto on every proxied request".into());
     }
-    if upgrade {
-        comments.push("note: WebSocket upgrade headers: astron-edge passes Upgrade requests only on websocket routes".into());
+    match (upgrade_header, connection_upgrade) {
+        (Some(pos), true) => lines.push((Some(pos), "websocket = true".into())),
+        (None, false) => {}
+        _ => comments.push("note: only one of Upgrade $http_upgrade / Connection upgrade is set: nginx passes no WebSocket upgrade here, nor does astron-edge".into()),
     }
     if !set.is_empty() {
         let pos = level
@@ -1938,6 +1940,21 @@ mod tests {
             "{c:?}"
         );
         assert!(c.contains(&"timeout = \"7s\""), "{c:?}");
+    }
+
+    #[test]
+    fn upgrade_headers_make_a_websocket_route_only_together() {
+        let toml = toml_of(
+            "http { server { listen 80;\n\
+             location /ws/ { proxy_pass http://h:1; proxy_http_version 1.1;\n\
+               proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; }\n\
+             location /half/ { proxy_pass http://h:1; proxy_set_header Upgrade $http_upgrade; }\n\
+             } }",
+        );
+        assert!(route(&toml, "ws").contains(&"websocket = true"), "{toml}");
+        let half = route(&toml, "half");
+        assert!(!half.iter().any(|l| l.contains("websocket")), "{toml}");
+        assert!(toml.contains("nginx passes no WebSocket upgrade here"), "{toml}");
     }
 
     #[test]

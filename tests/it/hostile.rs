@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::{
-    self, raw_request, raw_upstream, wait_until, Backend, Proxy, Route, TestConfig,
+    self, raw_request, upgrading_upstream, wait_until, Backend, Proxy, Route, TestConfig, UPGRADE,
 };
 
 /// The route `app`: everything to the upstream `app`.
@@ -454,44 +454,6 @@ async fn host_methods_and_connection_as_nginx() {
         assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"), "{route}");
     }
 }
-
-/// An upstream that answers every request `101` and then echoes what it gets, recording
-/// each request header.
-async fn upgrading_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = seen.clone();
-    let addr = raw_upstream(move |mut stream| {
-        let record = record.clone();
-        async move {
-            let mut buf = vec![0u8; 4096];
-            let mut got = Vec::new();
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-            record
-                .lock()
-                .expect("lock")
-                .push(String::from_utf8_lossy(&got).to_ascii_lowercase());
-            let _ = stream
-                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-                .await;
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    (addr, seen)
-}
-
-const UPGRADE: &[u8] =
-    b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 #[tokio::test]
 async fn upgrades_pass_only_on_websocket_routes() {

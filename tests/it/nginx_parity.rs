@@ -32,6 +32,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hyper::Response;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::common::{self, free_port, full, raw_get_status, wait_until, Backend, Proxy, Recorded};
 
@@ -534,4 +536,60 @@ async fn a_version_nginx_refuses_is_refused_at_the_same_line() {
         edge_says.contains("c4fe9dcf.conf:28:5: \"client_max_body_size\" directive is duplicate"),
         "{edge_says}"
     );
+}
+
+/// A location with `proxy_set_header Upgrade $http_upgrade` and `Connection "upgrade"`
+/// (zhuxinghan01-2e01b403's `/`) tunnels a WebSocket upgrade in nginx, and so in
+/// astron-edge on the same nginx.conf: `101`, then bytes both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_location_tunnels_as_in_nginx() {
+    let Some(nginx_bin) = common::tool("nginx", &["/usr/sbin/nginx"]) else {
+        return;
+    };
+    let conf =
+        std::fs::read_to_string(format!("{FIXTURES}/zhuxinghan01-2e01b403.conf")).expect("fixture");
+    let (upstream, seen) = common::upgrading_upstream().await;
+    let addrs: Vec<(&str, SocketAddr)> = HOSTS.iter().map(|(host, _)| (*host, upstream)).collect();
+    let nginx = Nginx::start(nginx_bin, &conf, &addrs);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let upstream_text = upstream.to_string();
+    let mut env: Vec<(&str, &str)> = vec![("EDGE_LISTEN", &listen), ("EDGE_ACCESS_LOG", "off")];
+    env.extend(HOSTS.iter().map(|(_, var)| (*var, upstream_text.as_str())));
+    let edge = Proxy::start_named("nginx.conf", &conf, port, &env);
+
+    for (who, addr) in [("nginx", nginx.addr), ("astron-edge", edge.addr)] {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = String::from_utf8_lossy(common::UPGRADE).replace("GET /ws", "GET /chat");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{who}: no answer"))
+                .expect("read");
+            assert!(n > 0, "{who}: closed: {}", String::from_utf8_lossy(&head));
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{who}: {head}");
+        stream.write_all(b"ping").await.expect("write");
+        let mut echoed = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+            .await
+            .unwrap_or_else(|_| panic!("{who}: no echo"))
+            .expect("echo");
+        assert_eq!(&echoed, b"ping", "{who}");
+        let forwarded = seen
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            forwarded.contains("upgrade: websocket"),
+            "{who}: {forwarded}"
+        );
+    }
 }
