@@ -109,6 +109,7 @@ pub(crate) fn catch_sighup_early() -> std::io::Result<()> {
 /// The files whose contents decide whether a file event means a reload.
 fn watched_files(path: &Path, config: &Config) -> Vec<PathBuf> {
     let mut files = vec![path.to_owned()];
+    files.extend(config.included_files.iter().cloned());
     if let Some(tls) = &config.server.tls {
         files.push(tls.cert.clone());
         files.push(tls.key.clone());

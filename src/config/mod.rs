@@ -50,6 +50,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 #[derive(Debug)]
 pub struct Config {
     pub source: PathBuf,
+    /// Files `include`d by an nginx.conf `source` (empty for TOML): a reload watches them
+    /// as it watches `source`.
+    pub included_files: Vec<PathBuf>,
     pub server: ServerConfig,
     pub health_paths: Vec<String>,
     pub access_log: AccessLogConfig,

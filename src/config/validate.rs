@@ -236,6 +236,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
             .map(|r| (&r.matcher, matches!(r.action, RouteAction::Proxy(_)))),
     );
     Ok(Config {
+        included_files: Vec::new(),
         slash_redirects,
         source: file.to_owned(),
         server,

@@ -1954,7 +1954,10 @@ mod tests {
         assert!(route(&toml, "ws").contains(&"websocket = true"), "{toml}");
         let half = route(&toml, "half");
         assert!(!half.iter().any(|l| l.contains("websocket")), "{toml}");
-        assert!(toml.contains("nginx passes no WebSocket upgrade here"), "{toml}");
+        assert!(
+            toml.contains("nginx passes no WebSocket upgrade here"),
+            "{toml}"
+        );
     }
 
     #[test]

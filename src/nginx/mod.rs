@@ -78,11 +78,15 @@ pub fn import_file(path: &Path) -> Result<Import, NginxError> {
 /// Imports `path` and validates the result: what `run`/`check -c nginx.conf` load at start
 /// and at every reload. Warnings go to the log; errors point into the nginx file.
 pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
-    let imported = import_file(path)?;
+    let directives = syntax::parse_file(path)?;
+    let imported = import::import(path, &directives)?;
     for warning in &imported.warnings {
         tracing::warn!("{warning}");
     }
-    crate::config::parse(path, &imported.toml).map_err(|e| imported.locate(path, e))
+    let mut config =
+        crate::config::parse(path, &imported.toml).map_err(|e| imported.locate(path, e))?;
+    config.included_files = syntax::included_files(path, &directives);
+    Ok(config)
 }
 
 /// Whether `path` names an nginx.conf rather than a TOML config (SPEC §1: any name not

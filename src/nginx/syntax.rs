@@ -60,6 +60,23 @@ pub(super) fn parse_file(path: &Path) -> Result<Vec<Directive>, NginxError> {
     parse_included(path, &base, 0, None)
 }
 
+/// The files other than `path` that `directives` (parsed from `path`) came from: the
+/// included files that hold at least one directive, in order, each once.
+pub(super) fn included_files(path: &Path, directives: &[Directive]) -> Vec<PathBuf> {
+    fn walk(directives: &[Directive], files: &mut Vec<PathBuf>) {
+        for directive in directives {
+            if !files.iter().any(|f| **f == *directive.pos.file) {
+                files.push(directive.pos.file.to_path_buf());
+            }
+            walk(directive.block.as_deref().unwrap_or_default(), files);
+        }
+    }
+    let mut files = vec![path.to_path_buf()];
+    walk(directives, &mut files);
+    files.remove(0);
+    files
+}
+
 /// Parses `text` as if read from `path` (includes are taken relative to its directory).
 #[cfg(test)]
 pub(super) fn parse_text(path: &Path, text: &str) -> Result<Vec<Directive>, NginxError> {

@@ -245,6 +245,37 @@ async fn an_nginx_conf_reloads_and_a_broken_edit_keeps_the_old_one() {
     assert_eq!(proxied.body, b"path=/x?q=1");
 }
 
+/// An edit of a file the nginx.conf `include`s is a config change like an edit of the
+/// nginx.conf itself: reloaded without a signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_of_an_included_file_reloads() {
+    let port = free_port();
+    let conf_d = tempfile::tempdir().expect("conf.d");
+    let routes = |answer: &str| format!("location = /v {{ return 200 \"{answer}\"; }}\n");
+    let included = conf_d.path().join("routes.conf");
+    std::fs::write(&included, routes("one")).expect("write");
+    let main = format!(
+        "http {{\n server {{\n  listen 127.0.0.1:{port};\n  include {}/*.conf;\n }}\n}}\n",
+        conf_d.path().display()
+    );
+    let proxy = Proxy::start_named("nginx.conf", &main, port, &[]);
+    assert_eq!(fetch(&proxy, "GET", "/v", &[]).await.body, b"one");
+    let tmp = conf_d.path().join("routes.tmp");
+    std::fs::write(&tmp, routes("two")).expect("write");
+    std::fs::rename(&tmp, &included).expect("rename");
+    let mut reloaded = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reloaded && std::time::Instant::now() < deadline {
+        reloaded = fetch(&proxy, "GET", "/v", &[]).await.body == b"two";
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reloaded,
+        "the included file's edit was not applied: {}",
+        proxy.stderr()
+    );
+}
+
 // --- nginx's location rules in TOML configs -------------------------------------------
 
 /// A backend answering 404 for paths with `missing`, 200 otherwise; auth at `/auth` allows.
