@@ -7,8 +7,10 @@
 # Why: most of a request's CPU is spent in Pingora, tokio and http — large generic code whose
 # hot paths the compiler cannot tell from the cold ones (error handling, rare protocol
 # cases). With the profile it lays out and inlines for the paths a proxy really takes:
-# `bench/contend.sh small small@target/pgo/astron-edge` measured 1.44× the requests/s per CPU
-# (see the README's benchmark table for the rest).
+# on small GETs it costs 1.21–1.24× less CPU per request than the plain build alone on a core
+# (`bench/split.sh small small@target/pgo/astron-edge`) and 1.25–1.27× less with both sharing one
+# (`bench/contend.sh small small@target/pgo/astron-edge`); bench/RESULTS.md, 2026-12-05
+# "the PGO figure settled". The README's benchmark table has the rest.
 #
 # Workloads (bench/lib.sh's nginx backend, wrk): the `small` pass-through, `gzip`
 # (20 KiB JSON), `telemetry` (access log + Prometheus + OTLP to a local sink) and
