@@ -5,9 +5,10 @@
 //! other item's users and reports what has none.
 //!
 //! Dependencies run one way (checked by `tests/it/layering.rs`): the leaves (`routing`,
-//! `tls`, `text`, `client`, `fields`, `signals`, `otlp_wire`, `metrics`), then `config`, then `state` and
-//! `upstream`, then the features (`auth`, `cache`, `compress`, `telemetry`), then `proxy`,
-//! then the process (`server`, `reload`, `shutdown`); `nginx` and `source` sit on `config`.
+//! `tls`, `text`, `client`, `fields`, `signals`, `otlp_wire`, `metrics`), then `config`,
+//! then `state` and `upstream`, then the features (`auth`, `cache`, `compress`,
+//! `telemetry`), then `proxy`, then the process (`server`, `reload`, `shutdown`); `nginx`
+//! and `source` sit on `config`.
 
 mod auth;
 mod cache;

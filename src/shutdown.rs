@@ -9,9 +9,9 @@
 //!    [`Lifecycle::wrap`]), fired here, so pingora closes the listening sockets (new
 //!    connections are refused) and idle keep-alive connections, and lets running requests
 //!    go on;
-//! 2. waits until no request is in flight ([`RunningRequest`], held by every request context for
-//!    its whole life, SSE streams included), or until `server.grace_period` of the config
-//!    running at that moment is over;
+//! 2. waits until no request is in flight ([`RunningRequest`], held by every request
+//!    context for its whole life, SSE streams included), or until `server.grace_period` of
+//!    the config running at that moment is over;
 //! 3. then asks pingora for its immediate stop: whatever still runs (a stream longer than
 //!    the grace period) is closed, and the process exits 0. Pingora logs that step as
 //!    "SIGINT received, exiting" — that line is the end of the drain, not a second signal.

@@ -63,17 +63,17 @@ pub(super) fn parse_file(path: &Path) -> Result<Vec<Directive>, NginxError> {
 /// The files other than `path` that `directives` (parsed from `path`) came from: the
 /// included files that hold at least one directive, in order, each once.
 pub(super) fn included_files(path: &Path, directives: &[Directive]) -> Vec<PathBuf> {
-    fn walk(directives: &[Directive], files: &mut Vec<PathBuf>) {
+    fn walk(path: &Path, directives: &[Directive], files: &mut Vec<PathBuf>) {
         for directive in directives {
-            if !files.iter().any(|f| **f == *directive.pos.file) {
-                files.push(directive.pos.file.to_path_buf());
+            let file = &*directive.pos.file;
+            if file != path && !files.iter().any(|f| f == file) {
+                files.push(file.to_path_buf());
             }
-            walk(directive.block.as_deref().unwrap_or_default(), files);
+            walk(path, directive.block.as_deref().unwrap_or_default(), files);
         }
     }
-    let mut files = vec![path.to_path_buf()];
-    walk(directives, &mut files);
-    files.remove(0);
+    let mut files = Vec::new();
+    walk(path, directives, &mut files);
     files
 }
 
